@@ -1,0 +1,1 @@
+"""Engine-side and agent-framework integrations (installed as kvstore.integrations)."""

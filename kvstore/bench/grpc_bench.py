@@ -1,0 +1,136 @@
+"""`kvstore bench grpc`: put/get GB/s over gRPC next to a raw memory copy, and Lookup round trips
+under concurrent clients. The server is a real `kvstore serve` child process on loopback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from kvstore.bench.report import percentile, print_table, write_json
+from kvstore.sdk import Client
+from kvstore.server.process import ServerProcess
+
+MiB = 2**20
+
+
+def raw_copy_gbps(size: int, repeats: int) -> float:
+    src = np.random.default_rng(0).integers(0, 255, size, dtype=np.uint8)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        np.copyto(dst, src)
+    return size * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def bandwidth(client: Client, ns: str, size: int, total: int) -> tuple[float, float]:
+    n = max(2, total // size)
+    rng = np.random.default_rng(size)
+    blocks = [rng.integers(0, 255, size, dtype=np.uint8).tobytes() for _ in range(n)]
+    keys = [os.urandom(32) for _ in range(n)]
+    t0 = time.perf_counter()
+    for k, b in zip(keys, blocks, strict=False):
+        client.put(ns, [k], [b])
+    put_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    got = [client.get(ns, [k])[0] for k in keys]
+    get_s = time.perf_counter() - t0
+    if got != blocks:
+        raise AssertionError("bytes read back differ from bytes put")
+    client.delete(ns, keys)
+    return n * size / put_s / 1e9, n * size / get_s / 1e9
+
+
+def lookup_latency(address: str, clients: int, per_client: int, chain: list[bytes]) -> list[float]:
+    samples: list[float] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(clients)
+
+    def worker() -> None:
+        mine = []
+        with Client(address) as c:
+            c.lookup("mib1", keys=chain)
+            barrier.wait()
+            for _ in range(per_client):
+                t0 = time.perf_counter()
+                c.lookup("mib1", keys=chain)
+                mine.append(time.perf_counter() - t0)
+        with lock:
+            samples.extend(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return samples
+
+
+def main(args: argparse.Namespace) -> int:
+    sizes = [int(s) for s in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "bench.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "dram": {"capacity": f"{max(sizes) * 4 + args.total_mib * 2}MiB"},
+                    "disk": {"enabled": False},
+                    "namespaces": [
+                        {"name": f"mib{s}", "model": "bench", "block_bytes": s * MiB} for s in sizes
+                    ],
+                }
+            )
+        )
+        with ServerProcess(Path(tmp) / "data", config=config) as server, Client(server.address) as client:
+            rows = []
+            for s in sizes:
+                put, get = bandwidth(client, f"mib{s}", s * MiB, args.total_mib * MiB)
+                raw = raw_copy_gbps(s * MiB, 10)
+                rows.append(
+                    {
+                        "block": f"{s} MiB",
+                        "put GB/s": put,
+                        "get GB/s": get,
+                        "raw copy GB/s": raw,
+                        "put/raw": put / raw,
+                        "get/raw": get / raw,
+                    }
+                )
+            print_table(f"gRPC data path on loopback ({args.total_mib} MiB per size)", rows)
+            chain = [os.urandom(32) for _ in range(args.chain)]
+            if 1 in sizes:
+                client.put("mib1", chain, [bytes(MiB)] * len(chain))
+            samples = lookup_latency(server.address, args.clients, args.lookups, chain)
+            lat = {
+                "clients": args.clients,
+                "lookups": len(samples),
+                "chain blocks": args.chain,
+                "p50 ms": percentile(samples, 50) * 1e3,
+                "p99 ms": percentile(samples, 99) * 1e3,
+            }
+            print_table("Lookup round trip", [lat])
+    write_json(args.json, {"bandwidth": rows, "lookup": lat})
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "grpc",
+        help="put/get GB/s over gRPC and Lookup round-trip latency",
+        description="Start a real server, measure put/get bandwidth per block size next to a "
+        "raw memory copy, then Lookup latency under concurrent clients.",
+    )
+    p.add_argument("--sizes", default="1,8,32", help="block sizes in MiB (default 1,8,32)")
+    p.add_argument("--total-mib", type=int, default=512, help="MiB moved per size (default 512)")
+    p.add_argument("--clients", type=int, default=16, help="concurrent Lookup clients (default 16)")
+    p.add_argument("--lookups", type=int, default=200, help="lookups per client (default 200)")
+    p.add_argument("--chain", type=int, default=16, help="blocks per looked-up chain (default 16)")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    p.set_defaults(run=main)

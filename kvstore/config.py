@@ -1,0 +1,193 @@
+"""Server configuration: one pydantic-settings model.
+
+Sources, later ones winning: built-in defaults, an optional YAML file, `KVSTORE_*` environment
+variables (nested fields with `__`, e.g. `KVSTORE_DRAM__CAPACITY=8GiB`), then CLI flags. Sizes
+accept `40GiB`-style strings. The defaults serve one machine with nothing else installed: DRAM
+and disk under a data dir, an HBM tier only when CUDA is present.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from kvstore.hashing import HASHES, Namespace
+
+DEFAULT_PORT = 50551
+DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the field."""
+
+
+class HbmConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # auto: on when CUDA is present. on: always (on the CPU standing in when there is no GPU).
+    enabled: Literal["auto", "on", "off"] = "auto"
+    device: str = Field("auto", description="'auto', 'cuda', 'cuda:N' or 'cpu' (a stand-in)")
+    capacity: ByteSize = ByteSize(4 * 2**30)
+
+
+class DramConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    capacity: ByteSize = ByteSize(4 * 2**30)
+
+
+class DiskConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    capacity: ByteSize = ByteSize(32 * 2**30)
+    fsync: bool = Field(False, description="fsync every block file (survives power loss, not just crashes)")
+
+
+class NamespaceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    model: str = Field(min_length=1)
+    tenant: str = ""
+    adapter: str = ""
+    block_tokens: int = Field(16, ge=1, le=1 << 20)
+    block_bytes: ByteSize = ByteSize(16 * 131072)
+    hash: str = "blake2b"
+
+    @field_validator("hash")
+    @classmethod
+    def _known_hash(cls, v: str) -> str:
+        if v not in HASHES:
+            raise ValueError(f"must be one of {', '.join(HASHES)}")
+        return v
+
+    @field_validator("block_bytes")
+    @classmethod
+    def _positive(cls, v: ByteSize) -> ByteSize:
+        if v <= 0:
+            raise ValueError("must be > 0")
+        return v
+
+    def to_namespace(self) -> Namespace:
+        return Namespace(
+            self.name,
+            self.model,
+            self.tenant,
+            self.adapter,
+            self.block_tokens,
+            int(self.block_bytes),
+            self.hash,
+        )
+
+
+def _default_namespaces() -> list[NamespaceConfig]:
+    # Llama-3-8B in bf16 is 128 KiB per token; 16-token blocks are vLLM's default block size.
+    return [
+        NamespaceConfig(name="default", model="default", block_tokens=16, block_bytes=ByteSize(16 * 131072))
+    ]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KVSTORE_", env_nested_delimiter="__", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="0 picks a free port")
+    unix_socket: Path | None = Field(None, description="also listen on this Unix socket (sidecar use)")
+    data_dir: Path = Path("./kvstore-data")
+    policy: str = "lru"
+    promote_on_get: bool = True
+    flush_on_shutdown: bool = Field(True, description="move memory-tier blocks to disk on SIGTERM")
+    max_message_bytes: ByteSize = ByteSize(256 * 2**20)
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics here")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    hbm: HbmConfig = HbmConfig()
+    dram: DramConfig = DramConfig()
+    disk: DiskConfig = DiskConfig()
+    namespaces: list[NamespaceConfig] = Field(default_factory=_default_namespaces)
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, v: str) -> str:
+        from kvstore.policy import POLICIES
+
+        if v not in POLICIES:
+            raise ValueError(f"must be one of {', '.join(sorted(POLICIES))}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        names = [ns.name for ns in self.namespaces]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"namespaces: duplicate name(s) {', '.join(dupes)}")
+        if not (self.dram.enabled or self.disk.enabled or self.hbm.enabled != "off"):
+            raise ValueError("every tier is disabled; enable at least one of hbm, dram, disk")
+        biggest = max((ns.block_bytes for ns in self.namespaces), default=0)
+        if biggest + 4096 > self.max_message_bytes:
+            raise ValueError(
+                f"max_message_bytes ({self.max_message_bytes}) must exceed the largest "
+                f"block_bytes ({biggest}) by at least 4096"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init (CLI flags, and the YAML file merged under them by load_settings) beats env.
+        return init_settings, env_settings
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _format(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {field}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Settings from YAML (optional) < env < overrides (CLI flags; None values are ignored)."""
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    from_file: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            from_file = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(from_file, dict):
+            raise ConfigError(
+                f"config file {path} must hold a mapping of settings, not {type(from_file).__name__}"
+            )
+    env_only = Settings.model_fields.keys() - flags.keys()
+    try:
+        env = Settings().model_dump(exclude_unset=True, include=set(env_only)) if env_only else {}
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, "environment KVSTORE_*")) from None
+    try:
+        return Settings(**_merge(_merge(from_file, env), flags))
+    except ValidationError as exc:
+        raise ConfigError(
+            _format(exc, str(config_file) if config_file else "flags and environment")
+        ) from None

@@ -1,0 +1,33 @@
+"""Errors the store raises; the server maps each to its gRPC status (server/errors.py).
+
+Every one is raised *before* the store changes anything, so a caller that gets one knows the
+store is as it was.
+"""
+
+from __future__ import annotations
+
+
+class KVStoreError(Exception):
+    """Base class; `code` names the gRPC status code the server answers with."""
+
+    code = "INTERNAL"
+
+
+class InvalidArgument(KVStoreError):
+    code = "INVALID_ARGUMENT"
+
+
+class NotFound(KVStoreError):
+    code = "NOT_FOUND"
+
+
+class ResourceExhausted(KVStoreError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class FailedPrecondition(KVStoreError):
+    code = "FAILED_PRECONDITION"
+
+
+class Unavailable(KVStoreError):
+    code = "UNAVAILABLE"

@@ -1,0 +1,46 @@
+"""The baseline: under pressure the least recently used block moves one tier down
+(hbm -> dram -> disk -> dropped)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from kvstore.index import BlockEntry
+from kvstore.policy.base import Policy
+
+
+class LRUPolicy(Policy):
+    name = "lru"
+
+    def __init__(self) -> None:
+        # Per tier, blocks from least to most recently used.
+        self._order: dict[str, OrderedDict[BlockEntry, None]] = {}
+
+    def _tier(self, name: str) -> OrderedDict[BlockEntry, None]:
+        order = self._order.get(name)
+        if order is None:
+            order = self._order[name] = OrderedDict()
+        return order
+
+    def on_insert(self, entry: BlockEntry) -> None:
+        self._tier(entry.tier)[entry] = None
+
+    def on_access(self, entry: BlockEntry) -> None:
+        self._tier(entry.tier).move_to_end(entry)
+
+    def on_remove(self, entry: BlockEntry) -> None:
+        del self._tier(entry.tier)[entry]
+
+    def on_move(self, entry: BlockEntry, from_tier: str) -> None:
+        del self._tier(from_tier)[entry]
+        self._tier(entry.tier)[entry] = None
+
+    def victim(self, tier: str) -> BlockEntry | None:
+        for entry in self._tier(tier):
+            if entry.movable:
+                return entry
+        return None
+
+    def lru_order(self, tier: str) -> list[BlockEntry]:
+        """Blocks of `tier`, least recently used first."""
+        return list(self._tier(tier))

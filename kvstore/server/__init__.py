@@ -1,0 +1,1 @@
+"""gRPC adapters: proto <-> Store calls, validation and error mapping, health, reflection."""

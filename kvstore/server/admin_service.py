@@ -1,0 +1,101 @@
+"""Admin service: what operators (kvctl) call."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+
+from kvstore import __version__
+from kvstore.errors import InvalidArgument
+from kvstore.server.convert import namespace_info
+from kvstore.server.errors import grpc_errors
+from kvstore.store import Store
+from kvstore.v1 import kvstore_pb2 as pb
+from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
+
+MAX_LIST = 10_000
+
+
+class AdminService(pb_grpc.AdminServicer):
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.started = time.monotonic()
+
+    @grpc_errors
+    async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:
+        s = await asyncio.to_thread(self.store.stats)
+        return pb.StatsResponse(
+            tiers=[
+                pb.TierStats(
+                    name=t.name,
+                    device=t.device,
+                    used_bytes=t.used,
+                    capacity_bytes=t.capacity,
+                    blocks=t.blocks,
+                    pinned_blocks=t.pinned_blocks,
+                    hits=t.hits,
+                    moves_in=t.moves_in,
+                    moves_out=t.moves_out,
+                    drops=t.drops,
+                )
+                for t in s.tiers
+            ],
+            misses=s.misses,
+            blocks=s.blocks,
+            policy=s.policy,
+            lookups=s.lookups,
+            lookup_hit_blocks=s.lookup_hit_blocks,
+            uptime_s=time.monotonic() - self.started,
+            namespaces=[namespace_info(ns) for ns in self.store.namespaces.values()],
+        )
+
+    @grpc_errors
+    async def ListBlocks(
+        self, request: pb.ListBlocksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListBlocksResponse:
+        limit = request.limit or 100
+        if limit > MAX_LIST:
+            raise InvalidArgument(f"limit is {limit}; at most {MAX_LIST} blocks per call")
+        entries, total = await asyncio.to_thread(
+            self.store.list_blocks, request.namespace, request.tier, limit
+        )
+        now = self.store.clock.now()
+        return pb.ListBlocksResponse(
+            total=total,
+            blocks=[
+                pb.BlockInfo(
+                    namespace=e.namespace,
+                    key=e.key,
+                    parent=e.parent or b"",
+                    tier=e.tier,
+                    size=e.size,
+                    pins=e.pins,
+                    idle_s=max(0.0, now - e.last_use),
+                    sessions=sorted(e.sessions or ()),
+                )
+                for e in entries
+            ],
+        )
+
+    @grpc_errors
+    async def Evict(self, request: pb.EvictRequest, context: grpc.aio.ServicerContext) -> pb.EvictResponse:
+        blocks, nbytes = await asyncio.to_thread(
+            self.store.evict, request.namespace, list(request.keys), request.tier, request.bytes, request.drop
+        )
+        return pb.EvictResponse(blocks=blocks, bytes=nbytes)
+
+    @grpc_errors
+    async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthResponse:
+        tiers = [
+            pb.TierHealth(name=t.name, ok=ok, detail=detail)
+            for t in self.store.tiers
+            for ok, detail in [t.health()]
+        ]
+        return pb.HealthResponse(
+            status="SERVING" if all(t.ok for t in tiers) else "DEGRADED",
+            version=__version__,
+            tiers=tiers,
+            uptime_s=time.monotonic() - self.started,
+        )

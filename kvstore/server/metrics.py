@@ -1,0 +1,71 @@
+"""Prometheus metrics, read from the store at scrape time (nothing extra on the data path)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from kvstore.store import Store
+
+
+class StoreCollector(Collector):
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        s = self.store.stats()
+        gauges = {
+            "used_bytes": GaugeMetricFamily(
+                "kvstore_tier_used_bytes", "Bytes allocated in the tier", labels=["tier"]
+            ),
+            "capacity": GaugeMetricFamily("kvstore_tier_capacity_bytes", "Tier capacity", labels=["tier"]),
+            "blocks": GaugeMetricFamily("kvstore_tier_blocks", "Blocks in the tier", labels=["tier"]),
+            "pinned": GaugeMetricFamily(
+                "kvstore_tier_pinned_blocks", "Pinned blocks in the tier", labels=["tier"]
+            ),
+        }
+        counters = {
+            "hits": CounterMetricFamily("kvstore_tier_hits", "Gets served from the tier", labels=["tier"]),
+            "moves_in": CounterMetricFamily(
+                "kvstore_tier_moves_in", "Blocks moved into the tier", labels=["tier"]
+            ),
+            "moves_out": CounterMetricFamily(
+                "kvstore_tier_moves_out", "Blocks moved out of the tier", labels=["tier"]
+            ),
+            "drops": CounterMetricFamily(
+                "kvstore_tier_drops", "Blocks dropped from the tier", labels=["tier"]
+            ),
+        }
+        for t in s.tiers:
+            for name, value in (
+                ("used_bytes", t.used),
+                ("capacity", t.capacity),
+                ("blocks", t.blocks),
+                ("pinned", t.pinned_blocks),
+            ):
+                gauges[name].add_metric([t.name], value)
+            for name, value in (
+                ("hits", t.hits),
+                ("moves_in", t.moves_in),
+                ("moves_out", t.moves_out),
+                ("drops", t.drops),
+            ):
+                counters[name].add_metric([t.name], value)
+        yield from gauges.values()
+        yield from counters.values()
+        yield CounterMetricFamily("kvstore_get_misses", "Gets of keys that were not stored", value=s.misses)
+        yield CounterMetricFamily("kvstore_lookups", "Prefix lookups", value=s.lookups)
+        moved = CounterMetricFamily("kvstore_moved_bytes", "Bytes moved between tiers", labels=["src", "dst"])
+        for (src, dst), link in list(self.store.mover.links.items()):
+            moved.add_metric([src, dst], link.bytes)
+        yield moved
+
+
+def serve_metrics(store: Store, host: str, port: int) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(store))
+    start_http_server(port, addr=host, registry=registry)
+    return registry

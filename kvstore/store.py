@@ -1,0 +1,516 @@
+"""The one object that ties index, tiers, policy and mover together.
+
+The gRPC server and the replay benchmark both drive a Store; nothing here knows about gRPC.
+Every public method validates its whole input before it changes anything and raises a
+`kvstore.errors` exception otherwise, so a refused call leaves the store as it was.
+
+Placement: a new block goes to the fastest tier with room, after the policy has pushed its
+victims one tier down (hbm -> dram -> disk -> dropped). A block that is pinned, or that a
+transfer is reading, never moves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kvstore import hashing
+from kvstore.clock import Clock, RealClock
+from kvstore.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from kvstore.hashing import Namespace
+from kvstore.index import BlockEntry, Index, PrefixMatch
+from kvstore.mover import Mover
+from kvstore.policy.base import Policy
+from kvstore.tiers.base import CorruptBlock, Tier, as_buffer
+from kvstore.tiers.disk import DiskTier
+
+log = logging.getLogger(__name__)
+
+MAX_META_BYTES = 4096
+
+
+@dataclass(slots=True)
+class PutBlock:
+    namespace: str
+    key: bytes
+    data: Any
+    parent: bytes | None = None
+    meta: bytes = b""
+    session: str | None = None
+    pin: bool = False
+
+
+@dataclass(slots=True)
+class GetResult:
+    key: bytes
+    data: bytes
+    meta: bytes
+    tier: str
+
+
+@dataclass(slots=True)
+class TierCounters:
+    hits: int = 0
+    moves_in: int = 0
+    moves_out: int = 0
+    drops: int = 0
+
+
+@dataclass(slots=True)
+class TierStats:
+    name: str
+    device: str
+    used: int
+    capacity: int
+    blocks: int
+    pinned_blocks: int
+    hits: int
+    moves_in: int
+    moves_out: int
+    drops: int
+
+
+@dataclass(slots=True)
+class StoreStats:
+    tiers: list[TierStats]
+    blocks: int
+    misses: int
+    lookups: int
+    lookup_hit_blocks: int
+    policy: str
+
+
+class Store:
+    def __init__(
+        self,
+        tiers: Sequence[Tier],
+        namespaces: Iterable[Namespace],
+        policy: Policy,
+        clock: Clock | None = None,
+        promote_on_get: bool = True,
+    ) -> None:
+        if not tiers:
+            raise ValueError("a store needs at least one tier")
+        self.tiers = list(tiers)
+        self.tier_by_name = {t.name: t for t in self.tiers}
+        self.namespaces = {ns.name: ns for ns in namespaces}
+        self.policy = policy
+        self.clock = clock or RealClock()
+        self.mover = Mover(self.clock)
+        self.index = Index()
+        self.promote_on_get = promote_on_get
+        # One lock: block bytes are copied under it, so a reader never sees a slot reused.
+        self.lock = threading.RLock()
+        self.counters = {t.name: TierCounters() for t in self.tiers}
+        self._pinned_bytes = {t.name: 0 for t in self.tiers}
+        self._tier_blocks = {t.name: 0 for t in self.tiers}
+        self._pinned_blocks = {t.name: 0 for t in self.tiers}
+        self.misses = 0
+        self.lookups = 0
+        self.lookup_hit_blocks = 0
+
+    # ------------------------------------------------------------------ validation
+
+    def namespace(self, name: str) -> Namespace:
+        if not name:
+            raise InvalidArgument("namespace is empty; pass the name of a configured namespace")
+        ns = self.namespaces.get(name)
+        if ns is None:
+            known = ", ".join(sorted(self.namespaces)) or "none"
+            raise NotFound(
+                f"namespace {name!r} is not configured (configured: {known}); add it under "
+                "`namespaces:` in the server config"
+            )
+        return ns
+
+    @staticmethod
+    def _check_key(key: bytes, what: str) -> None:
+        try:
+            hashing.check_key(key, what)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+
+    @classmethod
+    def _check_keys(cls, keys: Sequence[bytes]) -> None:
+        for i, key in enumerate(keys):
+            cls._check_key(key, f"key #{i}")
+
+    def validate_put(self, block: PutBlock, i: int = 0) -> None:
+        ns = self.namespace(block.namespace)
+        self._check_key(block.key, f"block #{i} key")
+        if block.parent:
+            self._check_key(block.parent, f"block #{i} parent")
+        size = len(as_buffer(block.data))
+        if size != ns.block_bytes:
+            raise InvalidArgument(
+                f"block #{i} has {size} bytes; namespace {ns.name!r} stores blocks of "
+                f"exactly {ns.block_bytes} bytes ({ns.block_tokens} tokens)"
+            )
+        if len(block.meta) > MAX_META_BYTES:
+            raise InvalidArgument(f"block #{i} meta is {len(block.meta)} bytes; at most {MAX_META_BYTES}")
+
+    def _entries(self, namespace: str, keys: Sequence[bytes]) -> list[BlockEntry]:
+        """The entries of all `keys`, or NotFound naming the first missing one."""
+        self.namespace(namespace)
+        self._check_keys(keys)
+        entries = []
+        for key in keys:
+            entry = self.index.get(namespace, key)
+            if entry is None:
+                raise NotFound(f"block {key.hex()} is not stored in namespace {namespace!r}")
+            entries.append(entry)
+        return entries
+
+    # ------------------------------------------------------------------ data path
+
+    def put(self, blocks: Sequence[PutBlock]) -> list[str]:
+        """Store blocks; returns the tier each landed in ('' when it could not be placed)."""
+        for i, block in enumerate(blocks):
+            self.validate_put(block, i)
+        with self.lock:
+            new, seen = 0, set()
+            for b in blocks:
+                if (b.namespace, b.key) not in seen and self.index.get(b.namespace, b.key) is None:
+                    seen.add((b.namespace, b.key))
+                    new += self.namespaces[b.namespace].block_bytes
+            room = sum(t.capacity - self._pinned_bytes[t.name] for t in self.tiers)
+            if new > room:
+                raise ResourceExhausted(
+                    f"put needs {new} bytes but only {room} bytes of the tiers are not pinned; "
+                    "unpin blocks or raise tier capacities"
+                )
+            now = self.clock.now()
+            placed = []
+            for b in blocks:
+                entry = self.index.get(b.namespace, b.key)
+                if entry is None:
+                    entry = BlockEntry(
+                        b.namespace,
+                        b.key,
+                        b.parent or None,
+                        len(as_buffer(b.data)),
+                        "",
+                        meta=b.meta,
+                        last_use=now,
+                    )
+                    if not self._place(entry, b.data):
+                        placed.append("")
+                        continue
+                else:
+                    entry.last_use = now
+                    self.policy.on_access(entry)
+                if b.session:
+                    entry.sessions = (entry.sessions or set()) | {b.session}
+                if b.pin:
+                    self._pin(entry)
+                placed.append(entry.tier)
+            return placed
+
+    def get(
+        self, namespace: str, keys: Sequence[bytes], session: str | None = None, stop_at_miss: bool = False
+    ) -> list[GetResult | None]:
+        self.namespace(namespace)
+        self._check_keys(keys)
+        results: list[GetResult | None] = []
+        with self.lock:
+            now = self.clock.now()
+            for key in keys:
+                entry = self.index.get(namespace, key)
+                data = self._read(entry) if entry is not None else None
+                if entry is None or data is None:
+                    self.misses += 1
+                    results.append(None)
+                    if stop_at_miss:
+                        break
+                    continue
+                results.append(GetResult(key, data, entry.meta, entry.tier))
+                self.counters[entry.tier].hits += 1
+                entry.last_use = now
+                if session:
+                    entry.sessions = (entry.sessions or set()) | {session}
+                self.policy.on_access(entry)
+                if (
+                    self.promote_on_get
+                    and entry.tier != self.tiers[0].name
+                    and self.policy.promote_on_get(entry)
+                ):
+                    self._move_to(entry, 0, data)
+        return results
+
+    def lookup(self, namespace: str, keys: Sequence[bytes]) -> PrefixMatch:
+        self.namespace(namespace)
+        self._check_keys(keys)
+        with self.lock:
+            match = self.index.longest_prefix(namespace, keys)
+            self.lookups += 1
+            self.lookup_hit_blocks += match.blocks
+            return match
+
+    def delete(self, namespace: str, keys: Sequence[bytes]) -> int:
+        self.namespace(namespace)
+        self._check_keys(keys)
+        with self.lock:
+            entries = [e for e in (self.index.get(namespace, k) for k in keys) if e is not None]
+            busy = [e for e in entries if not e.movable]
+            if busy:
+                raise FailedPrecondition(
+                    f"block {busy[0].key.hex()} is pinned or being moved; unpin it first"
+                )
+            for entry in dict.fromkeys(entries):
+                self._drop(entry, count=False)
+            return len(set(entries))
+
+    def pin(self, namespace: str, keys: Sequence[bytes]) -> int:
+        with self.lock:
+            entries = self._entries(namespace, keys)
+            for entry in entries:
+                self._pin(entry)
+            return len(entries)
+
+    def unpin(self, namespace: str, keys: Sequence[bytes]) -> int:
+        with self.lock:
+            entries = self._entries(namespace, keys)
+            for entry in entries:
+                if entry.pins < entries.count(entry):
+                    raise FailedPrecondition(f"block {entry.key.hex()} is not pinned that many times")
+            for entry in entries:
+                entry.pins -= 1
+                if entry.pins == 0:
+                    self._pinned_bytes[entry.tier] -= entry.size
+                    self._pinned_blocks[entry.tier] -= 1
+            return len(entries)
+
+    def evict(
+        self,
+        namespace: str = "",
+        keys: Sequence[bytes] = (),
+        tier: str = "",
+        nbytes: int = 0,
+        drop: bool = False,
+    ) -> tuple[int, int]:
+        """Demote (or drop) the named blocks, or `nbytes` from `tier` in the policy's order.
+
+        Returns (blocks, bytes) that left their tier.
+        """
+        if keys and (tier or nbytes):
+            raise InvalidArgument("evict takes either keys or tier + bytes, not both")
+        if keys:
+            with self.lock:
+                entries = self._entries(namespace, keys)
+                busy = [e for e in entries if not e.movable]
+                if busy:
+                    raise FailedPrecondition(f"block {busy[0].key.hex()} is pinned or being moved")
+                moved = 0
+                for entry in dict.fromkeys(entries):
+                    self._evict_one(entry, drop)
+                    moved += entry.size
+                return len(set(entries)), moved
+        if tier not in self.tier_by_name:
+            raise InvalidArgument(
+                f"tier {tier!r} is not one of this store's tiers: {', '.join(self.tier_by_name)}"
+            )
+        if nbytes <= 0:
+            raise InvalidArgument("bytes must be > 0 when evicting from a tier")
+        with self.lock:
+            blocks = freed = 0
+            while freed < nbytes:
+                victim = self.policy.victim(tier)
+                if victim is None:
+                    break
+                self._evict_one(victim, drop)
+                blocks += 1
+                freed += victim.size
+            return blocks, freed
+
+    # ------------------------------------------------------------------ placement
+
+    def _place(self, entry: BlockEntry, data: Any) -> bool:
+        for level, tier in enumerate(self.tiers):
+            entry.tier = tier.name
+            if self._make_room(level, entry):
+                tier.write(entry, data)
+                self._added(entry)
+                return True
+        return False
+
+    def _make_room(self, level: int, entry: BlockEntry) -> bool:
+        """Allocate `entry` in tiers[level], pushing the policy's victims down; False if impossible."""
+        tier = self.tiers[level]
+        if entry.size > tier.capacity:
+            return False
+        while not tier.allocate(entry):
+            victim = self.policy.victim(tier.name)
+            if victim is None:
+                return False
+            self._evict_one(victim, drop=False)
+        return True
+
+    def _evict_one(self, entry: BlockEntry, drop: bool) -> None:
+        level = self.tiers.index(self.tier_by_name[entry.tier])
+        if drop or level + 1 == len(self.tiers) or not self._move_to(entry, level + 1):
+            self._drop(entry)
+
+    def _move_to(self, entry: BlockEntry, level: int, data: Any = None) -> bool:
+        """Move entry to tiers[level] (making room there); False, entry untouched, if no room."""
+        src, dst = self.tier_by_name[entry.tier], self.tiers[level]
+        staged = dataclasses.replace(entry, tier=dst.name)
+        entry.readers += 1  # a transfer reads it: making room below must not pick it
+        try:
+            if not self._make_room(level, staged):
+                return False
+            self.mover.copy(entry, src, dst, staged, data)
+        finally:
+            entry.readers -= 1
+        from_tier = entry.tier
+        self._removed_from_tier(entry)
+        entry.tier, entry.location = staged.tier, staged.location
+        self._tier_blocks[entry.tier] += 1
+        if entry.pins:
+            self._pinned_bytes[entry.tier] += entry.size
+            self._pinned_blocks[entry.tier] += 1
+        self.counters[from_tier].moves_out += 1
+        self.counters[entry.tier].moves_in += 1
+        self.policy.on_move(entry, from_tier)
+        return True
+
+    def _read(self, entry: BlockEntry) -> bytes | None:
+        """The block's bytes; a block whose bytes fail their checksum is dropped and reads as None."""
+        try:
+            return self.tier_by_name[entry.tier].read_bytes(entry)
+        except CorruptBlock as exc:
+            log.error("dropping corrupt block %s: %s", entry.key.hex(), exc)
+            self._drop(entry)
+            return None
+
+    def _pin(self, entry: BlockEntry) -> None:
+        if entry.pins == 0:
+            self._pinned_bytes[entry.tier] += entry.size
+            self._pinned_blocks[entry.tier] += 1
+        entry.pins += 1
+
+    def _added(self, entry: BlockEntry) -> None:
+        self.index.add(entry)
+        self._tier_blocks[entry.tier] += 1
+        self.policy.on_insert(entry)
+
+    def _removed_from_tier(self, entry: BlockEntry) -> None:
+        self._tier_blocks[entry.tier] -= 1
+        if entry.pins:
+            self._pinned_bytes[entry.tier] -= entry.size
+            self._pinned_blocks[entry.tier] -= 1
+
+    def _drop(self, entry: BlockEntry, count: bool = True) -> None:
+        self.tier_by_name[entry.tier].free(entry)
+        self.policy.on_remove(entry)
+        self.index.remove(entry)
+        self._removed_from_tier(entry)
+        if count:
+            self.counters[entry.tier].drops += 1
+
+    # ------------------------------------------------------------------ scheduled moves
+
+    def run_due_moves(self) -> int:
+        """Run the mover's scheduled moves whose time has come; returns how many ran."""
+        ran = 0
+        with self.lock:
+            for move in self.mover.pop_due():
+                entry = move.entry
+                if self.index.get(entry.namespace, entry.key) is not entry or entry.tier == move.dst:
+                    continue
+                if entry.movable and self._move_to(entry, self.tiers.index(self.tier_by_name[move.dst])):
+                    ran += 1
+        return ran
+
+    # ------------------------------------------------------------------ persistence
+
+    def disk_tier(self) -> DiskTier | None:
+        return next((t for t in self.tiers if isinstance(t, DiskTier)), None)
+
+    def recover(self) -> int:
+        """Index the blocks the disk tier holds from an earlier run; returns how many."""
+        disk = self.disk_tier()
+        if disk is None:
+            return 0
+        wall_now, now = time.time(), self.clock.now()
+        found = sorted(disk.scan(), key=lambda e: e.last_use)
+        recovered = 0
+        with self.lock:
+            for entry in found:
+                ns = self.namespaces.get(entry.namespace)
+                if ns is None:
+                    log.warning("keeping block file of unconfigured namespace %r unindexed", entry.namespace)
+                    continue
+                if entry.size != ns.block_bytes or self.index.get(entry.namespace, entry.key) is not None:
+                    disk.path(entry.namespace, entry.key).unlink(missing_ok=True)
+                    continue
+                if not disk.adopt(entry):
+                    continue
+                entry.last_use = now - max(0.0, wall_now - entry.last_use)
+                self._added(entry)
+                recovered += 1
+        return recovered
+
+    def flush(self) -> int:
+        """Move memory-tier blocks to disk (least recently used first) so a restart keeps them."""
+        disk = self.disk_tier()
+        if disk is None:
+            return 0
+        level = self.tiers.index(disk)
+        with self.lock:
+            memory = sorted(
+                (e for e in self.index.entries() if e.tier != disk.name), key=lambda e: e.last_use
+            )
+            return sum(1 for e in memory if self._move_to(e, level))
+
+    def close(self, flush: bool = True) -> None:
+        if flush:
+            flushed = self.flush()
+            log.info("flushed %d blocks to disk", flushed)
+        for tier in self.tiers:
+            tier.close()
+
+    # ------------------------------------------------------------------ introspection
+
+    def stats(self) -> StoreStats:
+        with self.lock:
+            tiers = [
+                TierStats(
+                    t.name,
+                    t.device,
+                    t.used,
+                    t.capacity,
+                    self._tier_blocks[t.name],
+                    self._pinned_blocks[t.name],
+                    c.hits,
+                    c.moves_in,
+                    c.moves_out,
+                    c.drops,
+                )
+                for t in self.tiers
+                for c in [self.counters[t.name]]
+            ]
+            return StoreStats(
+                tiers, len(self.index), self.misses, self.lookups, self.lookup_hit_blocks, self.policy.name
+            )
+
+    def list_blocks(
+        self, namespace: str = "", tier: str = "", limit: int = 100
+    ) -> tuple[list[BlockEntry], int]:
+        """Up to `limit` blocks (most recently used first) and how many matched in all."""
+        if namespace:
+            self.namespace(namespace)
+        if tier and tier not in self.tier_by_name:
+            raise InvalidArgument(
+                f"tier {tier!r} is not one of this store's tiers: {', '.join(self.tier_by_name)}"
+            )
+        if limit < 1:
+            raise InvalidArgument("limit must be >= 1")
+        with self.lock:
+            matched = [e for e in self.index.entries(namespace or None) if not tier or e.tier == tier]
+            matched.sort(key=lambda e: e.last_use, reverse=True)
+            return [dataclasses.replace(e) for e in matched[:limit]], len(matched)

@@ -1,0 +1,67 @@
+"""What a tier is: a name, a capacity, an allocator and a byte store, in one screen.
+
+The store decides *what* goes where; a tier only answers "is there room", keeps the bytes and
+gives them back. Block data crosses tiers as a torch tensor (memory tiers hand out views, so
+HBM <-> DRAM moves are one device copy) or as any object with the buffer protocol.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from kvstore.index import BlockEntry
+
+TIER_ORDER = ("hbm", "dram", "disk")
+
+
+class CorruptBlock(Exception):
+    """The stored bytes of a block failed their checksum: the block must be dropped, not served."""
+
+
+class Tier(ABC):
+    name: str
+    capacity: int
+    device: str = "cpu"
+
+    @property
+    @abstractmethod
+    def used(self) -> int:
+        """Bytes allocated, including alignment."""
+
+    @abstractmethod
+    def allocate(self, entry: BlockEntry) -> bool:
+        """Reserve room for `entry` (sets entry.location); False when there is none."""
+
+    @abstractmethod
+    def free(self, entry: BlockEntry) -> None:
+        """Give back the room of `entry`, which must have been allocated here."""
+
+    @abstractmethod
+    def write(self, entry: BlockEntry, data: Any) -> None:
+        """Store `entry.size` bytes of `data` (a tensor or a buffer) at the entry's location."""
+
+    @abstractmethod
+    def read(self, entry: BlockEntry) -> Any:
+        """The block's bytes as a tensor or buffer; valid until the entry is freed."""
+
+    def read_bytes(self, entry: BlockEntry) -> bytes:
+        """A copy of the block's bytes that outlives the slot."""
+        return bytes(as_buffer(self.read(entry)))
+
+    def health(self) -> tuple[bool, str]:
+        return True, "ok"
+
+    def close(self) -> None:
+        """Release what the tier holds outside Python objects (files, device memory)."""
+
+
+def as_buffer(data: Any) -> memoryview:
+    """A flat uint8 memoryview of a tensor (moved to host if needed) or of any buffer."""
+    if hasattr(data, "detach"):  # torch.Tensor, without importing torch here
+        tensor = data.detach()
+        if tensor.device.type != "cpu":
+            tensor = tensor.cpu()
+        return memoryview(tensor.contiguous().view(-1).numpy()).cast("B")
+    view = memoryview(data)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")

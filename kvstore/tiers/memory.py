@@ -1,0 +1,80 @@
+"""Memory tiers: one preallocated torch buffer, carved up by an extent allocator.
+
+`hbm` puts the buffer on a CUDA device (or on the CPU standing in for one, with its own
+capacity, so every code path runs without a GPU). `dram` puts it in host memory, pinned when a
+GPU is present so HBM <-> DRAM copies run at full PCIe speed. No per-block malloc either way.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from kvstore.index import BlockEntry
+from kvstore.tiers.allocator import ExtentAllocator
+from kvstore.tiers.base import Tier, as_buffer
+
+
+class MemoryTier(Tier):
+    def __init__(self, name: str, capacity: int, device: str = "cpu", pin_memory: bool = False) -> None:
+        self.name = name
+        self.device = device
+        self._alloc = ExtentAllocator(capacity)
+        self.capacity = self._alloc.capacity
+        on_host = torch.device(device).type == "cpu"
+        # torch.empty does not touch the pages: untouched capacity costs address space, not RAM.
+        self._buf = torch.empty(
+            self.capacity, dtype=torch.uint8, device=device, pin_memory=pin_memory and on_host
+        )
+        self._host = self._buf.numpy() if on_host else None
+
+    @property
+    def used(self) -> int:
+        return self._alloc.used
+
+    def allocate(self, entry: BlockEntry) -> bool:
+        offset = self._alloc.allocate(entry.size)
+        if offset is None:
+            return False
+        entry.location = offset
+        return True
+
+    def free(self, entry: BlockEntry) -> None:
+        self._alloc.free(entry.location)
+
+    def write(self, entry: BlockEntry, data: Any) -> None:
+        start, end = entry.location, entry.location + entry.size
+        if isinstance(data, torch.Tensor):
+            self._buf[start:end].copy_(data.reshape(-1).view(torch.uint8), non_blocking=False)
+        elif self._host is not None:
+            self._host[start:end] = np.frombuffer(as_buffer(data), dtype=np.uint8, count=entry.size)
+        else:
+            with warnings.catch_warnings():  # read-only source buffers are fine: we only read them
+                warnings.simplefilter("ignore", UserWarning)
+                src = torch.frombuffer(as_buffer(data), dtype=torch.uint8, count=entry.size)
+            self._buf[start:end].copy_(src)
+
+    def read(self, entry: BlockEntry) -> torch.Tensor:
+        return self._buf[entry.location : entry.location + entry.size]
+
+    def read_bytes(self, entry: BlockEntry) -> bytes:
+        if self._host is not None:
+            return self._host[entry.location : entry.location + entry.size].tobytes()
+        return self.read(entry).cpu().numpy().tobytes()
+
+    def extents(self) -> list[tuple[int, int]]:
+        return self._alloc.extents()
+
+    def close(self) -> None:
+        self._host = None
+        self._buf = torch.empty(0, dtype=torch.uint8)
+
+
+def hbm_device(requested: str) -> str:
+    """'auto' -> 'cuda' when a GPU is present, else 'cpu' (a stand-in with its own capacity)."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested

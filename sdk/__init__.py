@@ -1,0 +1,28 @@
+"""kvstore SDK: clients for engines and agent frameworks. Importing it does not import torch."""
+
+from kvstore.sdk.async_client import AsyncClient
+from kvstore.sdk.client import Client
+from kvstore.sdk.core import DEFAULT_ADDRESS, LookupResult, NamespaceInfo
+
+from kvstore.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    KVStoreError,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "AsyncClient",
+    "Client",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "KVStoreError",
+    "LookupResult",
+    "NamespaceInfo",
+    "NotFound",
+    "ResourceExhausted",
+    "Unavailable",
+]
