@@ -173,19 +173,9 @@ class Store:
         for i, block in enumerate(blocks):
             self.validate_put(block, i)
         with self.lock:
-            new, seen = 0, set()
-            for b in blocks:
-                if (b.namespace, b.key) not in seen and self.index.get(b.namespace, b.key) is None:
-                    seen.add((b.namespace, b.key))
-                    new += self.namespaces[b.namespace].block_bytes
-            room = sum(t.capacity - self._pinned_bytes[t.name] for t in self.tiers)
-            if new > room:
-                raise ResourceExhausted(
-                    f"put needs {new} bytes but only {room} bytes of the tiers are not pinned; "
-                    "unpin blocks or raise tier capacities"
-                )
+            self._check_room(blocks)
             now = self.clock.now()
-            placed = []
+            entries: list[BlockEntry | None] = []
             for b in blocks:
                 entry = self.index.get(b.namespace, b.key)
                 if entry is None:
@@ -199,7 +189,7 @@ class Store:
                         last_use=now,
                     )
                     if not self._place(entry, b.data):
-                        placed.append("")
+                        entries.append(None)
                         continue
                 else:
                     entry.last_use = now
@@ -208,8 +198,31 @@ class Store:
                     entry.sessions = (entry.sessions or set()) | {b.session}
                 if b.pin:
                     self._pin(entry)
-                placed.append(entry.tier)
-            return placed
+                entries.append(entry)
+            # Where each block is now: a big batch may have pushed its own first blocks down or out.
+            return [
+                e.tier if e is not None and self.index.get(e.namespace, e.key) is e else "" for e in entries
+            ]
+
+    def _check_room(self, blocks: Sequence[PutBlock]) -> None:
+        """ResourceExhausted unless the new pinned blocks, plus any one unpinned block, fit beside
+        what is pinned already (unpinned blocks of a batch may push each other down and out)."""
+        pinned_new, largest_unpinned, seen = 0, 0, set()
+        for b in blocks:
+            if (b.namespace, b.key) in seen or self.index.get(b.namespace, b.key) is not None:
+                continue
+            seen.add((b.namespace, b.key))
+            size = self.namespaces[b.namespace].block_bytes
+            if b.pin:
+                pinned_new += size
+            else:
+                largest_unpinned = max(largest_unpinned, size)
+        room = sum(t.capacity - self._pinned_bytes[t.name] for t in self.tiers)
+        if pinned_new + largest_unpinned > room:
+            raise ResourceExhausted(
+                f"put needs room for {pinned_new + largest_unpinned} bytes but only {room} bytes of the tiers "
+                "are not pinned; unpin blocks or raise tier capacities"
+            )
 
     def get(
         self, namespace: str, keys: Sequence[bytes], session: str | None = None, stop_at_miss: bool = False

@@ -89,7 +89,7 @@ def put_requests(
     if len(keys) != len(blocks):
         raise ValueError(f"{len(keys)} keys but {len(blocks)} blocks")
     prev = parent or b""
-    for key, block in zip(keys, blocks, strict=False):
+    for key, block in zip(keys, blocks, strict=True):
         data, meta = tensors.encode(block)
         yield pb.PutRequest(
             namespace=namespace, key=key, parent=prev, data=data, meta=meta, session=session or "", pin=pin

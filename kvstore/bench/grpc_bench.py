@@ -36,7 +36,7 @@ def bandwidth(client: Client, ns: str, size: int, total: int) -> tuple[float, fl
     blocks = [rng.integers(0, 255, size, dtype=np.uint8).tobytes() for _ in range(n)]
     keys = [os.urandom(32) for _ in range(n)]
     t0 = time.perf_counter()
-    for k, b in zip(keys, blocks, strict=False):
+    for k, b in zip(keys, blocks, strict=True):
         client.put(ns, [k], [b])
     put_s = time.perf_counter() - t0
     t0 = time.perf_counter()

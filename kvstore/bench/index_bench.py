@@ -37,7 +37,7 @@ def run(blocks: int, chain: int, repeats: int) -> dict[str, float]:
     for c in range(chains):
         keys = ns.chain_keys(range(c * chain * 16, (c + 1) * chain * 16))
         parents = [None, *keys[:-1]]
-        store.put([PutBlock("bench", k, data, p) for k, p in zip(keys, parents, strict=False)])
+        store.put([PutBlock("bench", k, data, p) for k, p in zip(keys, parents, strict=True)])
         if c % max(1, chains // 10) == 0:
             all_keys.append(keys)
     put_s = time.perf_counter() - started

@@ -1,0 +1,90 @@
+"""Shared fixtures: small-capacity settings and a real server on a free loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvstore.config import Settings
+from kvstore.server.app import KVStoreServer
+from kvstore.store import Store
+
+BLOCK = 4096  # bytes per block in the test namespace: capacities stay in MiB
+TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Three tiers (HBM on the CPU standing in), 16 blocks each by default, namespace 't'."""
+    base: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "data_dir": data_dir,
+        "hbm": {"enabled": "on", "device": "cpu", "capacity": 16 * BLOCK},
+        "dram": {"capacity": 16 * BLOCK},
+        "disk": {"capacity": 16 * BLOCK},
+        "namespaces": [
+            {"name": "t", "model": "test-model", "block_tokens": 4, "block_bytes": BLOCK},
+            {"name": "other", "model": "test-model", "tenant": "b", "block_tokens": 4, "block_bytes": BLOCK},
+        ],
+    }
+    for key, value in overrides.items():
+        base[key] = (
+            {**base[key], **value} if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        )
+    return Settings(**base)
+
+
+class ThreadedServer:
+    """A KVStoreServer running on its own event loop in a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server: KVStoreServer = self._run(self._start(settings))
+
+    async def _start(self, settings: Settings) -> KVStoreServer:
+        server = KVStoreServer(settings)
+        await server.start()
+        return server
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    @property
+    def store(self) -> Store:
+        return self.server.store
+
+    def stop(self) -> None:
+        self._run(self.server.stop(grace=0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "data")
+
+
+@pytest.fixture
+def server(settings: Settings) -> Iterator[ThreadedServer]:
+    srv = ThreadedServer(settings)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def traces_dir() -> Path:
+    if not TRACES.is_dir():
+        pytest.skip(f"shared traces not found at {TRACES} (tests expect ../shared/traces beside the repo)")
+    return TRACES
