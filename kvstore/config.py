@@ -31,21 +31,21 @@ class HbmConfig(BaseModel):
     # auto: on when CUDA is present. on: always (on the CPU standing in when there is no GPU).
     enabled: Literal["auto", "on", "off"] = "auto"
     device: str = Field("auto", description="'auto', 'cuda', 'cuda:N' or 'cpu' (a stand-in)")
-    capacity: ByteSize = ByteSize(4 * 2**30)
+    capacity: ByteSize = Field(ByteSize(4 * 2**30), ge=1)
 
 
 class DramConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    capacity: ByteSize = ByteSize(4 * 2**30)
+    capacity: ByteSize = Field(ByteSize(4 * 2**30), ge=1)
 
 
 class DiskConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    capacity: ByteSize = ByteSize(32 * 2**30)
+    capacity: ByteSize = Field(ByteSize(32 * 2**30), ge=1)
     fsync: bool = Field(False, description="fsync every block file (survives power loss, not just crashes)")
 
 
@@ -156,10 +156,12 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _format(exc: ValidationError, source: str) -> str:
+def _format(exc: ValidationError, source: str, env: bool = False) -> str:
     lines = [f"invalid configuration ({source}):"]
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if env and err["loc"]:
+            field += f" (KVSTORE_{'__'.join(str(p) for p in err['loc']).upper()})"
         lines.append(f"  {field}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)
 
@@ -184,7 +186,7 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
     try:
         env = Settings().model_dump(exclude_unset=True, include=set(env_only)) if env_only else {}
     except ValidationError as exc:
-        raise ConfigError(_format(exc, "environment KVSTORE_*")) from None
+        raise ConfigError(_format(exc, "environment", env=True)) from None
     try:
         return Settings(**_merge(_merge(from_file, env), flags))
     except ValidationError as exc:

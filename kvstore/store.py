@@ -220,8 +220,8 @@ class Store:
         room = sum(t.capacity - self._pinned_bytes[t.name] for t in self.tiers)
         if pinned_new + largest_unpinned > room:
             raise ResourceExhausted(
-                f"put needs room for {pinned_new + largest_unpinned} bytes but only {room} bytes of the tiers "
-                "are not pinned; unpin blocks or raise tier capacities"
+                f"put needs room for {pinned_new + largest_unpinned} bytes but only {room} bytes of the "
+                "tiers are not pinned; unpin blocks or raise tier capacities"
             )
 
     def get(
@@ -249,6 +249,7 @@ class Store:
                 self.policy.on_access(entry)
                 if (
                     self.promote_on_get
+                    and entry.movable  # a pinned block stays where it was pinned
                     and entry.tier != self.tiers[0].name
                     and self.policy.promote_on_get(entry)
                 ):

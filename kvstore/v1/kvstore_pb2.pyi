@@ -1,15 +1,13 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf.internal import containers as _containers
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PutRequest(_message.Message):
-    __slots__ = ("data", "key", "meta", "namespace", "parent", "pin", "session")
+    __slots__ = ("namespace", "key", "parent", "data", "meta", "session", "pin")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     PARENT_FIELD_NUMBER: _ClassVar[int]
@@ -24,18 +22,18 @@ class PutRequest(_message.Message):
     meta: bytes
     session: str
     pin: bool
-    def __init__(self, namespace: str | None = ..., key: bytes | None = ..., parent: bytes | None = ..., data: bytes | None = ..., meta: bytes | None = ..., session: str | None = ..., pin: bool = ...) -> None: ...
+    def __init__(self, namespace: _Optional[str] = ..., key: _Optional[bytes] = ..., parent: _Optional[bytes] = ..., data: _Optional[bytes] = ..., meta: _Optional[bytes] = ..., session: _Optional[str] = ..., pin: bool = ...) -> None: ...
 
 class PutResponse(_message.Message):
-    __slots__ = ("bytes", "tiers")
+    __slots__ = ("tiers", "bytes")
     TIERS_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     tiers: _containers.RepeatedScalarFieldContainer[str]
     bytes: int
-    def __init__(self, tiers: _Iterable[str] | None = ..., bytes: int | None = ...) -> None: ...
+    def __init__(self, tiers: _Optional[_Iterable[str]] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class GetRequest(_message.Message):
-    __slots__ = ("keys", "namespace", "session", "stop_at_miss")
+    __slots__ = ("namespace", "keys", "session", "stop_at_miss")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
@@ -44,10 +42,10 @@ class GetRequest(_message.Message):
     keys: _containers.RepeatedScalarFieldContainer[bytes]
     session: str
     stop_at_miss: bool
-    def __init__(self, namespace: str | None = ..., keys: _Iterable[bytes] | None = ..., session: str | None = ..., stop_at_miss: bool = ...) -> None: ...
+    def __init__(self, namespace: _Optional[str] = ..., keys: _Optional[_Iterable[bytes]] = ..., session: _Optional[str] = ..., stop_at_miss: bool = ...) -> None: ...
 
 class GetResponse(_message.Message):
-    __slots__ = ("data", "found", "key", "meta", "tier")
+    __slots__ = ("key", "found", "data", "meta", "tier")
     KEY_FIELD_NUMBER: _ClassVar[int]
     FOUND_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
@@ -58,10 +56,10 @@ class GetResponse(_message.Message):
     data: bytes
     meta: bytes
     tier: str
-    def __init__(self, key: bytes | None = ..., found: bool = ..., data: bytes | None = ..., meta: bytes | None = ..., tier: str | None = ...) -> None: ...
+    def __init__(self, key: _Optional[bytes] = ..., found: bool = ..., data: _Optional[bytes] = ..., meta: _Optional[bytes] = ..., tier: _Optional[str] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
-    __slots__ = ("keys", "namespace", "session", "tokens")
+    __slots__ = ("namespace", "keys", "tokens", "session")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -70,17 +68,17 @@ class LookupRequest(_message.Message):
     keys: _containers.RepeatedScalarFieldContainer[bytes]
     tokens: _containers.RepeatedScalarFieldContainer[int]
     session: str
-    def __init__(self, namespace: str | None = ..., keys: _Iterable[bytes] | None = ..., tokens: _Iterable[int] | None = ..., session: str | None = ...) -> None: ...
+    def __init__(self, namespace: _Optional[str] = ..., keys: _Optional[_Iterable[bytes]] = ..., tokens: _Optional[_Iterable[int]] = ..., session: _Optional[str] = ...) -> None: ...
 
 class LookupResponse(_message.Message):
-    __slots__ = ("blocks_per_tier", "keys", "prefix_blocks", "tiers")
+    __slots__ = ("prefix_blocks", "tiers", "blocks_per_tier", "keys")
     class BlocksPerTierEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: int
-        def __init__(self, key: str | None = ..., value: int | None = ...) -> None: ...
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     PREFIX_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     TIERS_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_PER_TIER_FIELD_NUMBER: _ClassVar[int]
@@ -89,44 +87,44 @@ class LookupResponse(_message.Message):
     tiers: _containers.RepeatedScalarFieldContainer[str]
     blocks_per_tier: _containers.ScalarMap[str, int]
     keys: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, prefix_blocks: int | None = ..., tiers: _Iterable[str] | None = ..., blocks_per_tier: _Mapping[str, int] | None = ..., keys: _Iterable[bytes] | None = ...) -> None: ...
+    def __init__(self, prefix_blocks: _Optional[int] = ..., tiers: _Optional[_Iterable[str]] = ..., blocks_per_tier: _Optional[_Mapping[str, int]] = ..., keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
-    __slots__ = ("keys", "namespace")
+    __slots__ = ("namespace", "keys")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     keys: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, namespace: str | None = ..., keys: _Iterable[bytes] | None = ...) -> None: ...
+    def __init__(self, namespace: _Optional[str] = ..., keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class DeleteResponse(_message.Message):
     __slots__ = ("deleted",)
     DELETED_FIELD_NUMBER: _ClassVar[int]
     deleted: int
-    def __init__(self, deleted: int | None = ...) -> None: ...
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...
 
 class PinRequest(_message.Message):
-    __slots__ = ("keys", "namespace")
+    __slots__ = ("namespace", "keys")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     keys: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, namespace: str | None = ..., keys: _Iterable[bytes] | None = ...) -> None: ...
+    def __init__(self, namespace: _Optional[str] = ..., keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class PinResponse(_message.Message):
     __slots__ = ("blocks",)
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
     blocks: int
-    def __init__(self, blocks: int | None = ...) -> None: ...
+    def __init__(self, blocks: _Optional[int] = ...) -> None: ...
 
 class DescribeNamespaceRequest(_message.Message):
     __slots__ = ("namespace",)
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     namespace: str
-    def __init__(self, namespace: str | None = ...) -> None: ...
+    def __init__(self, namespace: _Optional[str] = ...) -> None: ...
 
 class NamespaceInfo(_message.Message):
-    __slots__ = ("adapter", "block_bytes", "block_tokens", "hash", "model", "name", "seed", "tenant")
+    __slots__ = ("name", "model", "tenant", "adapter", "block_tokens", "block_bytes", "hash", "seed")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
@@ -143,21 +141,21 @@ class NamespaceInfo(_message.Message):
     block_bytes: int
     hash: str
     seed: bytes
-    def __init__(self, name: str | None = ..., model: str | None = ..., tenant: str | None = ..., adapter: str | None = ..., block_tokens: int | None = ..., block_bytes: int | None = ..., hash: str | None = ..., seed: bytes | None = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., tenant: _Optional[str] = ..., adapter: _Optional[str] = ..., block_tokens: _Optional[int] = ..., block_bytes: _Optional[int] = ..., hash: _Optional[str] = ..., seed: _Optional[bytes] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("namespace", "session")
+    __slots__ = ("session", "namespace")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     session: str
     namespace: str
-    def __init__(self, session: str | None = ..., namespace: str | None = ...) -> None: ...
+    def __init__(self, session: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
     __slots__ = ("session",)
     SESSION_FIELD_NUMBER: _ClassVar[int]
     session: str
-    def __init__(self, session: str | None = ...) -> None: ...
+    def __init__(self, session: _Optional[str] = ...) -> None: ...
 
 class SessionReply(_message.Message):
     __slots__ = ("session", "state")
@@ -165,20 +163,20 @@ class SessionReply(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     session: str
     state: str
-    def __init__(self, session: str | None = ..., state: str | None = ...) -> None: ...
+    def __init__(self, session: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
 
 class BindChainRequest(_message.Message):
-    __slots__ = ("keys", "namespace", "session")
+    __slots__ = ("session", "namespace", "keys")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     session: str
     namespace: str
     keys: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, session: str | None = ..., namespace: str | None = ..., keys: _Iterable[bytes] | None = ...) -> None: ...
+    def __init__(self, session: _Optional[str] = ..., namespace: _Optional[str] = ..., keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class BeginToolCallRequest(_message.Message):
-    __slots__ = ("call_id", "expected_s", "session", "tool_name")
+    __slots__ = ("session", "tool_name", "expected_s", "call_id")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     TOOL_NAME_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_S_FIELD_NUMBER: _ClassVar[int]
@@ -187,13 +185,13 @@ class BeginToolCallRequest(_message.Message):
     tool_name: str
     expected_s: float
     call_id: str
-    def __init__(self, session: str | None = ..., tool_name: str | None = ..., expected_s: float | None = ..., call_id: str | None = ...) -> None: ...
+    def __init__(self, session: _Optional[str] = ..., tool_name: _Optional[str] = ..., expected_s: _Optional[float] = ..., call_id: _Optional[str] = ...) -> None: ...
 
 class EndToolCallRequest(_message.Message):
     __slots__ = ("call_id",)
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     call_id: str
-    def __init__(self, call_id: str | None = ...) -> None: ...
+    def __init__(self, call_id: _Optional[str] = ...) -> None: ...
 
 class ToolCallReply(_message.Message):
     __slots__ = ("call_id", "expected_s", "prefetch_in_s")
@@ -203,10 +201,10 @@ class ToolCallReply(_message.Message):
     call_id: str
     expected_s: float
     prefetch_in_s: float
-    def __init__(self, call_id: str | None = ..., expected_s: float | None = ..., prefetch_in_s: float | None = ...) -> None: ...
+    def __init__(self, call_id: _Optional[str] = ..., expected_s: _Optional[float] = ..., prefetch_in_s: _Optional[float] = ...) -> None: ...
 
 class AnnounceFanoutRequest(_message.Message):
-    __slots__ = ("fanout_id", "n", "session", "ttl_s")
+    __slots__ = ("session", "n", "ttl_s", "fanout_id")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
     TTL_S_FIELD_NUMBER: _ClassVar[int]
@@ -215,21 +213,21 @@ class AnnounceFanoutRequest(_message.Message):
     n: int
     ttl_s: float
     fanout_id: str
-    def __init__(self, session: str | None = ..., n: int | None = ..., ttl_s: float | None = ..., fanout_id: str | None = ...) -> None: ...
+    def __init__(self, session: _Optional[str] = ..., n: _Optional[int] = ..., ttl_s: _Optional[float] = ..., fanout_id: _Optional[str] = ...) -> None: ...
 
 class BranchDoneRequest(_message.Message):
     __slots__ = ("fanout_id",)
     FANOUT_ID_FIELD_NUMBER: _ClassVar[int]
     fanout_id: str
-    def __init__(self, fanout_id: str | None = ...) -> None: ...
+    def __init__(self, fanout_id: _Optional[str] = ...) -> None: ...
 
 class FanoutReply(_message.Message):
-    __slots__ = ("branches_left", "fanout_id")
+    __slots__ = ("fanout_id", "branches_left")
     FANOUT_ID_FIELD_NUMBER: _ClassVar[int]
     BRANCHES_LEFT_FIELD_NUMBER: _ClassVar[int]
     fanout_id: str
     branches_left: int
-    def __init__(self, fanout_id: str | None = ..., branches_left: int | None = ...) -> None: ...
+    def __init__(self, fanout_id: _Optional[str] = ..., branches_left: _Optional[int] = ...) -> None: ...
 
 class WaitReadyRequest(_message.Message):
     __slots__ = ("session", "timeout_s")
@@ -237,24 +235,24 @@ class WaitReadyRequest(_message.Message):
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     session: str
     timeout_s: float
-    def __init__(self, session: str | None = ..., timeout_s: float | None = ...) -> None: ...
+    def __init__(self, session: _Optional[str] = ..., timeout_s: _Optional[float] = ...) -> None: ...
 
 class WaitReadyReply(_message.Message):
-    __slots__ = ("bytes_elsewhere", "bytes_in_hbm", "ready")
+    __slots__ = ("ready", "bytes_in_hbm", "bytes_elsewhere")
     READY_FIELD_NUMBER: _ClassVar[int]
     BYTES_IN_HBM_FIELD_NUMBER: _ClassVar[int]
     BYTES_ELSEWHERE_FIELD_NUMBER: _ClassVar[int]
     ready: bool
     bytes_in_hbm: int
     bytes_elsewhere: int
-    def __init__(self, ready: bool = ..., bytes_in_hbm: int | None = ..., bytes_elsewhere: int | None = ...) -> None: ...
+    def __init__(self, ready: bool = ..., bytes_in_hbm: _Optional[int] = ..., bytes_elsewhere: _Optional[int] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class TierStats(_message.Message):
-    __slots__ = ("blocks", "capacity_bytes", "device", "drops", "hits", "moves_in", "moves_out", "name", "pinned_blocks", "used_bytes")
+    __slots__ = ("name", "used_bytes", "capacity_bytes", "blocks", "pinned_blocks", "hits", "moves_in", "moves_out", "drops", "device")
     NAME_FIELD_NUMBER: _ClassVar[int]
     USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -275,10 +273,10 @@ class TierStats(_message.Message):
     moves_out: int
     drops: int
     device: str
-    def __init__(self, name: str | None = ..., used_bytes: int | None = ..., capacity_bytes: int | None = ..., blocks: int | None = ..., pinned_blocks: int | None = ..., hits: int | None = ..., moves_in: int | None = ..., moves_out: int | None = ..., drops: int | None = ..., device: str | None = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., used_bytes: _Optional[int] = ..., capacity_bytes: _Optional[int] = ..., blocks: _Optional[int] = ..., pinned_blocks: _Optional[int] = ..., hits: _Optional[int] = ..., moves_in: _Optional[int] = ..., moves_out: _Optional[int] = ..., drops: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("blocks", "lookup_hit_blocks", "lookups", "misses", "namespaces", "policy", "tiers", "uptime_s")
+    __slots__ = ("tiers", "misses", "blocks", "policy", "namespaces", "uptime_s", "lookups", "lookup_hit_blocks")
     TIERS_FIELD_NUMBER: _ClassVar[int]
     MISSES_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -295,20 +293,20 @@ class StatsResponse(_message.Message):
     uptime_s: float
     lookups: int
     lookup_hit_blocks: int
-    def __init__(self, tiers: _Iterable[TierStats | _Mapping] | None = ..., misses: int | None = ..., blocks: int | None = ..., policy: str | None = ..., namespaces: _Iterable[NamespaceInfo | _Mapping] | None = ..., uptime_s: float | None = ..., lookups: int | None = ..., lookup_hit_blocks: int | None = ...) -> None: ...
+    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., misses: _Optional[int] = ..., blocks: _Optional[int] = ..., policy: _Optional[str] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceInfo, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., lookups: _Optional[int] = ..., lookup_hit_blocks: _Optional[int] = ...) -> None: ...
 
 class ListBlocksRequest(_message.Message):
-    __slots__ = ("limit", "namespace", "tier")
+    __slots__ = ("namespace", "tier", "limit")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     tier: str
     limit: int
-    def __init__(self, namespace: str | None = ..., tier: str | None = ..., limit: int | None = ...) -> None: ...
+    def __init__(self, namespace: _Optional[str] = ..., tier: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class BlockInfo(_message.Message):
-    __slots__ = ("idle_s", "key", "namespace", "parent", "pins", "sessions", "size", "tier")
+    __slots__ = ("namespace", "key", "parent", "tier", "size", "pins", "idle_s", "sessions")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     PARENT_FIELD_NUMBER: _ClassVar[int]
@@ -325,7 +323,7 @@ class BlockInfo(_message.Message):
     pins: int
     idle_s: float
     sessions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, namespace: str | None = ..., key: bytes | None = ..., parent: bytes | None = ..., tier: str | None = ..., size: int | None = ..., pins: int | None = ..., idle_s: float | None = ..., sessions: _Iterable[str] | None = ...) -> None: ...
+    def __init__(self, namespace: _Optional[str] = ..., key: _Optional[bytes] = ..., parent: _Optional[bytes] = ..., tier: _Optional[str] = ..., size: _Optional[int] = ..., pins: _Optional[int] = ..., idle_s: _Optional[float] = ..., sessions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListBlocksResponse(_message.Message):
     __slots__ = ("blocks", "total")
@@ -333,10 +331,10 @@ class ListBlocksResponse(_message.Message):
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     blocks: _containers.RepeatedCompositeFieldContainer[BlockInfo]
     total: int
-    def __init__(self, blocks: _Iterable[BlockInfo | _Mapping] | None = ..., total: int | None = ...) -> None: ...
+    def __init__(self, blocks: _Optional[_Iterable[_Union[BlockInfo, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
 
 class EvictRequest(_message.Message):
-    __slots__ = ("bytes", "drop", "keys", "namespace", "tier")
+    __slots__ = ("namespace", "keys", "tier", "bytes", "drop")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
@@ -347,7 +345,7 @@ class EvictRequest(_message.Message):
     tier: str
     bytes: int
     drop: bool
-    def __init__(self, namespace: str | None = ..., keys: _Iterable[bytes] | None = ..., tier: str | None = ..., bytes: int | None = ..., drop: bool = ...) -> None: ...
+    def __init__(self, namespace: _Optional[str] = ..., keys: _Optional[_Iterable[bytes]] = ..., tier: _Optional[str] = ..., bytes: _Optional[int] = ..., drop: bool = ...) -> None: ...
 
 class EvictResponse(_message.Message):
     __slots__ = ("blocks", "bytes")
@@ -355,24 +353,24 @@ class EvictResponse(_message.Message):
     BYTES_FIELD_NUMBER: _ClassVar[int]
     blocks: int
     bytes: int
-    def __init__(self, blocks: int | None = ..., bytes: int | None = ...) -> None: ...
+    def __init__(self, blocks: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class TierHealth(_message.Message):
-    __slots__ = ("detail", "name", "ok")
+    __slots__ = ("name", "ok", "detail")
     NAME_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     name: str
     ok: bool
     detail: str
-    def __init__(self, name: str | None = ..., ok: bool = ..., detail: str | None = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., ok: bool = ..., detail: _Optional[str] = ...) -> None: ...
 
 class HealthResponse(_message.Message):
-    __slots__ = ("status", "tiers", "uptime_s", "version")
+    __slots__ = ("status", "version", "tiers", "uptime_s")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TIERS_FIELD_NUMBER: _ClassVar[int]
@@ -381,4 +379,4 @@ class HealthResponse(_message.Message):
     version: str
     tiers: _containers.RepeatedCompositeFieldContainer[TierHealth]
     uptime_s: float
-    def __init__(self, status: str | None = ..., version: str | None = ..., tiers: _Iterable[TierHealth | _Mapping] | None = ..., uptime_s: float | None = ...) -> None: ...
+    def __init__(self, status: _Optional[str] = ..., version: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[TierHealth, _Mapping]]] = ..., uptime_s: _Optional[float] = ...) -> None: ...
