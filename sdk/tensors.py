@@ -20,6 +20,8 @@ def is_tensor(obj: Any) -> bool:
 
 def encode(block: Any) -> tuple[bytes, bytes]:
     """(data, meta) of a block given as a tensor or as bytes-like."""
+    if isinstance(block, bytes):
+        return block, b""  # protobuf copies it once anyway; no copy of our own
     if not is_tensor(block):
         return bytes(memoryview(block).cast("B")), b""
     import torch

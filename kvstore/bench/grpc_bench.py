@@ -1,15 +1,19 @@
-"""`kvstore bench grpc`: put/get GB/s over gRPC next to a raw memory copy, and Lookup round trips
+"""`kvstore bench grpc`: put/get GB/s over gRPC next to a raw memory copy and next to a bare gRPC
+server moving the same bytes (the transport's ceiling on this machine), and Lookup round trips
 under concurrent clients. The server is a real `kvstore serve` child process on loopback."""
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import socket
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import yaml
 
@@ -28,6 +32,63 @@ def raw_copy_gbps(size: int, repeats: int) -> float:
     for _ in range(repeats):
         np.copyto(dst, src)
     return size * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def _echo_server(port: int, size: int) -> None:
+    """A bare grpc.aio server that takes and returns `size` opaque bytes: the transport's ceiling."""
+    import asyncio
+
+    payload = os.urandom(size)
+
+    async def main() -> None:
+        server = grpc.aio.server(options=_OPTIONS)
+
+        async def put(request: bytes, context: object) -> bytes:
+            return b""
+
+        async def get(request: bytes, context: object) -> bytes:
+            return payload
+
+        handlers = {
+            "Put": grpc.unary_unary_rpc_method_handler(put),
+            "Get": grpc.unary_unary_rpc_method_handler(get),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("echo", handlers),))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+_OPTIONS = [("grpc.max_send_message_length", 2**28), ("grpc.max_receive_message_length", 2**28)]
+
+
+def bare_grpc_gbps(size: int, total: int) -> tuple[float, float]:
+    """put/get GB/s of opaque bytes through a bare gRPC server in another process, no protobuf, no store."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = multiprocessing.get_context("spawn").Process(target=_echo_server, args=(port, size), daemon=True)
+    proc.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=_OPTIONS) as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            put, get = channel.unary_unary("/echo/Put"), channel.unary_unary("/echo/Get")
+            data, n = os.urandom(size), max(2, total // size)
+            put(data)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                put(data)
+            put_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for _ in range(n):
+                get(b"")
+            get_s = time.perf_counter() - t0
+    finally:
+        proc.kill()
+        proc.join()
+    return n * size / put_s / 1e9, n * size / get_s / 1e9
 
 
 def bandwidth(client: Client, ns: str, size: int, total: int) -> tuple[float, float]:
@@ -93,14 +154,17 @@ def main(args: argparse.Namespace) -> int:
             for s in sizes:
                 put, get = bandwidth(client, f"mib{s}", s * MiB, args.total_mib * MiB)
                 raw = raw_copy_gbps(s * MiB, 10)
+                bare_put, bare_get = bare_grpc_gbps(s * MiB, args.total_mib * MiB)
                 rows.append(
                     {
                         "block": f"{s} MiB",
                         "put GB/s": put,
                         "get GB/s": get,
                         "raw copy GB/s": raw,
-                        "put/raw": put / raw,
-                        "get/raw": get / raw,
+                        "bare gRPC put GB/s": bare_put,
+                        "bare gRPC get GB/s": bare_get,
+                        "put/bare": put / bare_put,
+                        "get/bare": get / bare_get,
                     }
                 )
             print_table(f"gRPC data path on loopback ({args.total_mib} MiB per size)", rows)

@@ -19,12 +19,25 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[pos]
 
 
+def _cell(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
 def print_table(title: str, rows: list[dict[str, Any]]) -> None:
+    """Rows as columns; a single row prints as a figure/value list, which stays readable at 80 columns."""
+    if len(rows) == 1:
+        table = Table(title=title)
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        for k, v in rows[0].items():
+            table.add_row(k, _cell(v))
+        Console().print(table)
+        return
     table = Table(title=title)
     for col in rows[0]:
         table.add_column(col, justify="left" if isinstance(rows[0][col], str) else "right")
     for row in rows:
-        table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()))
+        table.add_row(*(_cell(v) for v in row.values()))
     Console().print(table)
 
 
