@@ -233,3 +233,24 @@ def test_unix_socket(tmp_path, settings) -> None:
     finally:
         srv.stop()
     assert not sock.exists()
+
+
+def test_prometheus_metrics_reflect_the_store(tmp_path, settings) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = ThreadedServer(settings.model_copy(update={"metrics_port": port}))
+    try:
+        with Client(srv.address) as kv:
+            keys = kv.keys_for("t", range(4 * 3))
+            kv.put("t", keys, blocks(3))
+            kv.get("t", [b"z" * 32])
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        srv.stop()
+    assert f'kvstore_tier_used_bytes{{tier="hbm"}} {3 * BLOCK}.0' in text
+    assert 'kvstore_tier_blocks{tier="hbm"} 3.0' in text
+    assert "kvstore_get_misses_total 1.0" in text

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -57,6 +58,7 @@ class KVStoreServer:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._mover_task: asyncio.Task[None] | None = None
+        self._stop_metrics: Callable[[], None] | None = None
 
     @property
     def address(self) -> str:
@@ -82,7 +84,7 @@ class KVStoreServer:
         for name in ["", *SERVICE_NAMES]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.metrics_port is not None:
-            serve_metrics(self.store, s.host, s.metrics_port)
+            self._stop_metrics = serve_metrics(self.store, s.host, s.metrics_port)
         self._mover_task = asyncio.create_task(self._run_mover())
         log.info(
             "kvstore serving on %s (tiers: %s; policy %s)",
@@ -106,6 +108,8 @@ class KVStoreServer:
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
+        if self._stop_metrics is not None:
+            self._stop_metrics()
         await asyncio.to_thread(self.store.close, self.settings.flush_on_shutdown)
         if self.settings.unix_socket is not None:
             self.settings.unix_socket.unlink(missing_ok=True)

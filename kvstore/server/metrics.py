@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -64,8 +64,15 @@ class StoreCollector(Collector):
         yield moved
 
 
-def serve_metrics(store: Store, host: str, port: int) -> CollectorRegistry:
+def serve_metrics(store: Store, host: str, port: int) -> Callable[[], None]:
+    """Serve /metrics in a background thread; returns the function that stops it."""
     registry = CollectorRegistry()
     registry.register(StoreCollector(store))
-    start_http_server(port, addr=host, registry=registry)
-    return registry
+    httpd, thread = start_http_server(port, addr=host, registry=registry)
+
+    def stop() -> None:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+    return stop
