@@ -1,4 +1,4 @@
-"""Moves between tiers: the copy itself, a priority queue of scheduled moves, and per-link
+"""Moves between tiers: the copy itself, a priority queue of scheduled jobs, and per-link
 bandwidth accounting (bytes and seconds per tier pair, so the policy can plan with the link
 speed this machine actually reaches).
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,19 +30,21 @@ class LinkStats:
 
 
 @dataclass(order=True, slots=True)
-class ScheduledMove:
+class Job:
+    """Work the policy scheduled: a prefetch, an eager offload, a fan-out's expiry."""
+
     not_before: float
-    priority: int  # lower runs first among moves that are due
+    priority: int  # lower runs first among jobs that are due
     seq: int
-    entry: BlockEntry = field(compare=False)
-    dst: str = field(compare=False)
+    run: Callable[[], object] = field(compare=False)
+    label: str = field(compare=False, default="")
 
 
 class Mover:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.links: dict[tuple[str, str], LinkStats] = {}
-        self._queue: list[ScheduledMove] = []
+        self._queue: list[Job] = []
         self._seq = itertools.count()
 
     def copy(self, entry: BlockEntry, src: Tier, dst: Tier, staged: BlockEntry, data: Any = None) -> None:
@@ -59,19 +62,25 @@ class Mover:
         link.seconds += elapsed
 
     def schedule(
-        self, entry: BlockEntry, dst: str, priority: int = 10, not_before: float | None = None
-    ) -> None:
+        self, run: Callable[[], object], not_before: float | None = None, priority: int = 10, label: str = ""
+    ) -> Job:
         at = self.clock.now() if not_before is None else not_before
-        heapq.heappush(self._queue, ScheduledMove(at, priority, next(self._seq), entry, dst))
+        job = Job(at, priority, next(self._seq), run, label)
+        heapq.heappush(self._queue, job)
+        return job
 
-    def pop_due(self) -> list[ScheduledMove]:
-        """Scheduled moves whose time has come, most urgent first."""
+    def pop_due(self) -> list[Job]:
+        """Jobs whose time has come, most urgent first."""
         now = self.clock.now()
-        due: list[ScheduledMove] = []
+        due: list[Job] = []
         while self._queue and self._queue[0].not_before <= now:
             due.append(heapq.heappop(self._queue))
-        due.sort(key=lambda m: (m.priority, m.seq))
+        due.sort(key=lambda j: (j.priority, j.seq))
         return due
+
+    def next_due(self) -> float | None:
+        """When the earliest queued job becomes due (the replay advances its clock to it)."""
+        return self._queue[0].not_before if self._queue else None
 
     @property
     def pending(self) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -26,6 +27,7 @@ from kvstore.hashing import Namespace
 from kvstore.index import BlockEntry, Index, PrefixMatch
 from kvstore.mover import Mover
 from kvstore.policy.base import Policy
+from kvstore.sessions import Session, SessionRegistry, State, ToolDurations
 from kvstore.tiers.base import CorruptBlock, Tier, as_buffer
 from kvstore.tiers.disk import DiskTier
 
@@ -93,6 +95,9 @@ class Store:
         policy: Policy,
         clock: Clock | None = None,
         promote_on_get: bool = True,
+        sessions: SessionRegistry | None = None,
+        link_bandwidths: dict[tuple[str, str], float] | None = None,
+        default_bandwidth: float = 8e9,
     ) -> None:
         if not tiers:
             raise ValueError("a store needs at least one tier")
@@ -113,6 +118,11 @@ class Store:
         self.misses = 0
         self.lookups = 0
         self.lookup_hit_blocks = 0
+        self.sessions = sessions or SessionRegistry(ToolDurations(None, 0.25, 10.0))
+        # Fixed link speeds (the replay's scenario); otherwise measured moves, else the default.
+        self.link_bandwidths = dict(link_bandwidths or {})
+        self.default_bandwidth = default_bandwidth
+        policy.attach(self)
 
     # ------------------------------------------------------------------ validation
 
@@ -197,7 +207,7 @@ class Store:
                     entry.last_use = now
                     self.policy.on_access(entry)
                 if b.session:
-                    entry.sessions = (entry.sessions or set()) | {b.session}
+                    self.sessions.ref(entry, self._active_session(b.session, b.namespace, now))
                 if b.pin:
                     self._pin(entry)
                 entries.append(entry)
@@ -247,7 +257,7 @@ class Store:
                 self.counters[entry.tier].hits += 1
                 entry.last_use = now
                 if session:
-                    entry.sessions = (entry.sessions or set()) | {session}
+                    self.sessions.ref(entry, self._active_session(session, namespace, now))
                 self.policy.on_access(entry)
                 if (
                     self.promote_on_get
@@ -258,14 +268,29 @@ class Store:
                     self._move_to(entry, 0, data)
         return results
 
-    def lookup(self, namespace: str, keys: Sequence[bytes]) -> PrefixMatch:
+    def lookup(self, namespace: str, keys: Sequence[bytes], session: str | None = None) -> PrefixMatch:
+        """Longest stored prefix of the chain; with a session, the session now references it."""
         self.namespace(namespace)
         self._check_keys(keys)
         with self.lock:
             match = self.index.longest_prefix(namespace, keys)
             self.lookups += 1
             self.lookup_hit_blocks += match.blocks
+            if session:
+                active = self._active_session(session, namespace, self.clock.now())
+                for entry in match.entries:
+                    self.sessions.ref(entry, active)
             return match
+
+    def _active_session(self, session_id: str, namespace: str, now: float) -> Session:
+        """The session a data-path call names (opened on first use): it is active now, a person
+        it waited on is back, and whatever its prefetch brought in has been used."""
+        session = self.sessions.open(session_id, namespace, now)
+        session.last_active = now
+        if session.state is State.AWAITING_USER:
+            session.state = State.RUNNING
+        session.prefetched.clear()
+        return session
 
     def delete(self, namespace: str, keys: Sequence[bytes]) -> int:
         self.namespace(namespace)
@@ -295,10 +320,7 @@ class Store:
                 if entry.pins < entries.count(entry):
                     raise FailedPrecondition(f"block {entry.key.hex()} is not pinned that many times")
             for entry in entries:
-                entry.pins -= 1
-                if entry.pins == 0:
-                    self._pinned_bytes[entry.tier] -= entry.size
-                    self._pinned_blocks[entry.tier] -= 1
+                self._unpin(entry)
             return len(entries)
 
     def evict(
@@ -354,13 +376,16 @@ class Store:
                 return True
         return False
 
-    def _make_room(self, level: int, entry: BlockEntry) -> bool:
-        """Allocate `entry` in tiers[level], pushing the policy's victims down; False if impossible."""
+    def _make_room(self, level: int, entry: BlockEntry, sooner_than: float | None = None) -> bool:
+        """Allocate `entry` in tiers[level], pushing the policy's victims down; False if impossible.
+
+        `sooner_than`: a prefetch, which must not push out blocks needed before that time.
+        """
         tier = self.tiers[level]
         if entry.size > tier.capacity:
             return False
         while not tier.allocate(entry):
-            victim = self.policy.victim(tier.name)
+            victim = self.policy.victim(tier.name, sooner_than)
             if victim is None:
                 return False
             self._evict_one(victim, drop=False)
@@ -371,13 +396,15 @@ class Store:
         if drop or level + 1 == len(self.tiers) or not self._move_to(entry, level + 1):
             self._drop(entry)
 
-    def _move_to(self, entry: BlockEntry, level: int, data: Any = None) -> bool:
+    def _move_to(
+        self, entry: BlockEntry, level: int, data: Any = None, sooner_than: float | None = None
+    ) -> bool:
         """Move entry to tiers[level] (making room there); False, entry untouched, if no room."""
         src, dst = self.tier_by_name[entry.tier], self.tiers[level]
         staged = dataclasses.replace(entry, tier=dst.name)
         entry.readers += 1  # a transfer reads it: making room below must not pick it
         try:
-            if not self._make_room(level, staged):
+            if not self._make_room(level, staged, sooner_than):
                 return False
             self.mover.copy(entry, src, dst, staged, data)
         finally:
@@ -392,6 +419,7 @@ class Store:
         self.counters[from_tier].moves_out += 1
         self.counters[entry.tier].moves_in += 1
         self.policy.on_move(entry, from_tier)
+        self._count_wasted(entry, self.sessions.on_move(entry, from_tier))
         return True
 
     def _read(self, entry: BlockEntry) -> bytes | None:
@@ -409,6 +437,20 @@ class Store:
             self._pinned_blocks[entry.tier] += 1
         entry.pins += 1
 
+    def _unpin(self, entry: BlockEntry) -> None:
+        entry.pins -= 1
+        if entry.pins == 0:
+            self._pinned_bytes[entry.tier] -= entry.size
+            self._pinned_blocks[entry.tier] -= 1
+
+    def _count_wasted(self, entry: BlockEntry, sessions: list[Session]) -> None:
+        """Prefetched blocks that left the top tier before their session used them."""
+        for session in sessions:
+            if session.prefetch.wasted_bytes == 0:
+                self.sessions.prefetches["wasted"] += 1
+            session.prefetch.wasted_bytes += entry.size
+            self.sessions.prefetch_bytes["wasted"] += entry.size
+
     def _added(self, entry: BlockEntry) -> None:
         self.index.add(entry)
         self._tier_blocks[entry.tier] += 1
@@ -421,6 +463,7 @@ class Store:
             self._pinned_blocks[entry.tier] -= 1
 
     def _drop(self, entry: BlockEntry, count: bool = True) -> None:
+        self._count_wasted(entry, self.sessions.on_drop(entry))
         self.tier_by_name[entry.tier].free(entry)
         self.policy.on_remove(entry)
         self.index.remove(entry)
@@ -430,17 +473,86 @@ class Store:
 
     # ------------------------------------------------------------------ scheduled moves
 
-    def run_due_moves(self) -> int:
-        """Run the mover's scheduled moves whose time has come; returns how many ran."""
-        ran = 0
+    def run_due_jobs(self) -> int:
+        """Run the jobs the policy scheduled whose time has come; returns how many ran."""
         with self.lock:
-            for move in self.mover.pop_due():
-                entry = move.entry
-                if self.index.get(entry.namespace, entry.key) is not entry or entry.tier == move.dst:
-                    continue
-                if entry.movable and self._move_to(entry, self.tiers.index(self.tier_by_name[move.dst])):
-                    ran += 1
-        return ran
+            due = self.mover.pop_due()
+            for job in due:
+                job.run()
+            return len(due)
+
+    def link_bandwidth(self, src: str, dst: str) -> float:
+        """Bytes/s between two tiers: fixed by the scenario, else measured, else the default."""
+        fixed = self.link_bandwidths.get((src, dst))
+        if fixed:
+            return fixed
+        link = self.mover.links.get((src, dst))
+        measured = link.bandwidth if link is not None and link.bytes >= 64 * 2**20 else None
+        return measured or self.default_bandwidth
+
+    # ------------------------------------------------------------ session mechanics (policies call these)
+
+    def prefetch(self, session: Session, call_id: str | None) -> int:
+        """Bring the session's blocks back to the top tier, never pushing out a block needed sooner
+        than this session's. `call_id`: a scheduled prefetch, stale once that call has ended."""
+        if call_id is not None and (session.tool is None or session.tool.call_id != call_id):
+            return 0
+        if session.id not in self.sessions.sessions:
+            return 0
+        now = self.clock.now()
+        session.prefetch.status = "running"
+        needed_at = self._needed_at(session, now)
+        moved = 0
+        for tier in self.tiers[1:]:
+            for entry in list(session.tiers.get(tier.name, ())):
+                if entry.movable and self._move_to(entry, 0, sooner_than=needed_at):
+                    moved += entry.size
+                    session.prefetched.add(entry)
+        session.prefetch.status, session.prefetch.done_at = "done", now
+        session.prefetch.bytes = moved
+        self.sessions.prefetch_bytes["moved"] += moved
+        return moved
+
+    def _needed_at(self, session: Session, now: float) -> float:
+        """When the session needs its blocks (now, when it has no prediction)."""
+        nu = session.next_use(now, math.inf)
+        return now if nu is None else nu
+
+    def offload(self, session: Session) -> int:
+        """Move the session's top-tier blocks one tier down, except blocks another session is
+        using now. Returns bytes moved."""
+        top = self.tiers[0].name
+        if len(self.tiers) < 2 or session.id not in self.sessions.sessions:
+            return 0
+        now = self.clock.now()
+        moved = 0
+        for entry in list(session.tiers.get(top, ())):
+            others = [self.sessions.sessions[sid] for sid in entry.sessions or () if sid != session.id]
+            if not entry.movable or any(self._needed_at(o, now) <= now for o in others):
+                continue
+            if self._move_to(entry, 1):
+                moved += entry.size
+        return moved
+
+    def pin_fanout(self, session: Session, fanout_id: str) -> int:
+        """Load the session's prefix into the top tier once and pin it while the branches run."""
+        fanout = session.fanout
+        if fanout is None or fanout.fanout_id != fanout_id:
+            return 0
+        self.prefetch(session, None)
+        for entry in list(session.tiers.get(self.tiers[0].name, ())):
+            self._pin(entry)
+            fanout.pinned.append(entry)
+        return len(fanout.pinned)
+
+    def release_fanout(self, session: Session, fanout_id: str) -> None:
+        fanout = session.fanout
+        if fanout is None or fanout.fanout_id != fanout_id:
+            return
+        for entry in fanout.pinned:
+            self._unpin(entry)
+        session.fanout = None
+        self.sessions.fanouts.pop(fanout_id, None)
 
     # ------------------------------------------------------------------ persistence
 

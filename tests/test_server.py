@@ -153,7 +153,7 @@ def test_raw_stub_errors_carry_grpc_status(server: ThreadedServer) -> None:
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         with pytest.raises(grpc.RpcError) as err:
             pb_grpc.AgentHintsStub(channel).AwaitingUser(pb.SessionRequest(session="s"))
-        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and "OpenSession" in err.value.details()
 
 
 def test_standard_health_and_reflection(server: ThreadedServer) -> None:

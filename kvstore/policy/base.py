@@ -1,18 +1,29 @@
 """The policy interface: the store tells the policy what happened, and asks it for victims.
 
-A policy never moves bytes or touches tiers; the store does that, so every policy shares the
-same capacity, pinning and transfer rules.
+A policy never copies bytes or touches tiers itself; it orders victims and, for hints, asks the
+store to prefetch or offload a session. So every policy shares the same capacity, pinning and
+transfer rules, and the benchmark's baselines run on the same code path as ours.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 from kvstore.index import BlockEntry
+
+if TYPE_CHECKING:
+    from kvstore.sessions import Session
+    from kvstore.store import Store
 
 
 class Policy(ABC):
     name: str
+    store: Store
+
+    def attach(self, store: Store) -> None:
+        """Called once by the store that runs this policy."""
+        self.store = store
 
     @abstractmethod
     def on_insert(self, entry: BlockEntry) -> None:
@@ -31,9 +42,19 @@ class Policy(ABC):
         """A block moved from `from_tier` to entry.tier."""
 
     @abstractmethod
-    def victim(self, tier: str) -> BlockEntry | None:
-        """The movable block that should leave `tier` first, or None when none may."""
+    def victim(self, tier: str, sooner_than: float | None = None) -> BlockEntry | None:
+        """The movable block that should leave `tier` first, or None when none may.
+
+        With `sooner_than` (a prefetch making room), never a block predicted to be used before
+        that time.
+        """
 
     def promote_on_get(self, entry: BlockEntry) -> bool:
         """Whether a get served from a lower tier brings the block back to the top tier."""
         return True
+
+    def on_session(self, session: Session, event: str) -> None:
+        """A hint changed a session: 'begin_tool', 'end_tool', 'awaiting_user', 'fanout', 'close'.
+
+        The baseline ignores hints; the agent policy plans prefetches and offloads from them.
+        """

@@ -35,7 +35,7 @@ class LRUPolicy(Policy):
         del self._tier(from_tier)[entry]
         self._tier(entry.tier)[entry] = None
 
-    def victim(self, tier: str) -> BlockEntry | None:
+    def victim(self, tier: str, sooner_than: float | None = None) -> BlockEntry | None:
         for entry in self._tier(tier):
             if entry.movable:
                 return entry

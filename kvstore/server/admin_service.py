@@ -11,6 +11,7 @@ from kvstore import __version__
 from kvstore.errors import InvalidArgument
 from kvstore.server.convert import namespace_info
 from kvstore.server.errors import grpc_errors
+from kvstore.sessions import Session
 from kvstore.store import Store
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
@@ -99,3 +100,36 @@ class AdminService(pb_grpc.AdminServicer):
             tiers=tiers,
             uptime_s=time.monotonic() - self.started,
         )
+
+    @grpc_errors
+    async def ListSessions(
+        self, request: pb.ListSessionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSessionsResponse:
+        with self.store.lock:
+            now = self.store.clock.now()
+            return pb.ListSessionsResponse(
+                sessions=[session_info(s, now) for s in self.store.sessions.live()]
+            )
+
+
+def session_info(s: Session, now: float) -> pb.SessionInfo:
+    p = s.prefetch
+    prefetch = pb.PrefetchInfo(status=p.status, bytes=p.bytes)
+    if p.scheduled_at is not None:
+        prefetch.scheduled_in_s = p.scheduled_at - now
+    if p.done_at is not None:
+        prefetch.done_ago_s = now - p.done_at
+    info = pb.SessionInfo(
+        session=s.id,
+        namespace=s.namespace,
+        state=s.state.value,
+        prefetch=prefetch,
+        bytes_per_tier={t: b for t, b in s.bytes_per_tier.items() if b},
+        blocks=s.blocks,
+        fanout_branches_left=s.fanout.branches_left if s.fanout else 0,
+    )
+    if s.tool is not None:
+        info.tool_name = s.tool.tool_name
+        info.in_tool_s = now - s.tool.started
+        info.expected_back_in_s = s.tool.expected_end - now
+    return info

@@ -18,8 +18,10 @@ from grpc_reflection.v1alpha import reflection
 from kvstore.config import Settings
 from kvstore.policy import make_policy
 from kvstore.server.admin_service import AdminService
+from kvstore.server.hints_service import AgentHintsService
 from kvstore.server.kvstore_service import KVStoreService
 from kvstore.server.metrics import serve_metrics
+from kvstore.sessions import SessionRegistry, ToolDurations
 from kvstore.store import Store
 from kvstore.tiers import build_tiers
 from kvstore.v1 import kvstore_pb2 as pb
@@ -27,17 +29,23 @@ from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = [pb.DESCRIPTOR.services_by_name[n].full_name for n in ("KVStore", "Admin")]
+SERVICE_NAMES = [pb.DESCRIPTOR.services_by_name[n].full_name for n in ("KVStore", "AgentHints", "Admin")]
 MOVER_TICK_S = 0.02
 
 
 def build_store(settings: Settings) -> Store:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    agent = settings.agent
+    durations = ToolDurations(
+        settings.data_dir / "tool_durations.json", agent.learned_quantile, agent.default_tool_s
+    )
     store = Store(
         build_tiers(settings),
         [ns.to_namespace() for ns in settings.namespaces],
-        make_policy(settings.policy),
+        make_policy(settings.policy, agent),
         promote_on_get=settings.promote_on_get,
+        sessions=SessionRegistry(durations),
+        default_bandwidth=float(agent.link_bandwidth),
     )
     recovered = store.recover()
     if recovered:
@@ -59,6 +67,7 @@ class KVStoreServer:
         self._health = health.aio.HealthServicer()
         self._mover_task: asyncio.Task[None] | None = None
         self._stop_metrics: Callable[[], None] | None = None
+        self._wake = asyncio.Event()
 
     @property
     def address(self) -> str:
@@ -69,6 +78,7 @@ class KVStoreServer:
         server = grpc.aio.server(options=grpc_options(s))
         pb_grpc.add_KVStoreServicer_to_server(KVStoreService(self.store), server)
         pb_grpc.add_AdminServicer_to_server(AdminService(self.store), server)
+        pb_grpc.add_AgentHintsServicer_to_server(AgentHintsService(self.store, self.kick_mover), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
@@ -96,8 +106,14 @@ class KVStoreServer:
     async def _run_mover(self) -> None:
         while True:
             if self.store.mover.pending:
-                await asyncio.to_thread(self.store.run_due_moves)
-            await asyncio.sleep(MOVER_TICK_S)
+                await asyncio.to_thread(self.store.run_due_jobs)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), MOVER_TICK_S)
+
+    def kick_mover(self) -> None:
+        """Run due jobs now rather than at the next tick (an urgent prefetch was just scheduled)."""
+        self._wake.set()
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop serving, then flush what must persist (memory tiers to disk, when configured)."""

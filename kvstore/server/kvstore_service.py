@@ -61,7 +61,7 @@ class KVStoreService(pb_grpc.KVStoreServicer):
         keys = list(request.keys)
         if request.tokens:
             keys = self.store.namespace(request.namespace).chain_keys(request.tokens)
-        match = await asyncio.to_thread(self.store.lookup, request.namespace, keys)
+        match = await asyncio.to_thread(self.store.lookup, request.namespace, keys, request.session or None)
         return pb.LookupResponse(
             prefix_blocks=match.blocks,
             tiers=match.tiers,

@@ -158,12 +158,14 @@ class SessionRequest(_message.Message):
     def __init__(self, session: _Optional[str] = ...) -> None: ...
 
 class SessionReply(_message.Message):
-    __slots__ = ("session", "state")
+    __slots__ = ("session", "state", "blocks")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
     session: str
     state: str
-    def __init__(self, session: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+    blocks: int
+    def __init__(self, session: _Optional[str] = ..., state: _Optional[str] = ..., blocks: _Optional[int] = ...) -> None: ...
 
 class BindChainRequest(_message.Message):
     __slots__ = ("session", "namespace", "keys")
@@ -380,3 +382,56 @@ class HealthResponse(_message.Message):
     tiers: _containers.RepeatedCompositeFieldContainer[TierHealth]
     uptime_s: float
     def __init__(self, status: _Optional[str] = ..., version: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[TierHealth, _Mapping]]] = ..., uptime_s: _Optional[float] = ...) -> None: ...
+
+class ListSessionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PrefetchInfo(_message.Message):
+    __slots__ = ("scheduled_in_s", "done_ago_s", "status", "bytes")
+    SCHEDULED_IN_S_FIELD_NUMBER: _ClassVar[int]
+    DONE_AGO_S_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    scheduled_in_s: float
+    done_ago_s: float
+    status: str
+    bytes: int
+    def __init__(self, scheduled_in_s: _Optional[float] = ..., done_ago_s: _Optional[float] = ..., status: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class SessionInfo(_message.Message):
+    __slots__ = ("session", "namespace", "state", "tool_name", "in_tool_s", "expected_back_in_s", "bytes_per_tier", "prefetch", "blocks", "fanout_branches_left")
+    class BytesPerTierEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TOOL_NAME_FIELD_NUMBER: _ClassVar[int]
+    IN_TOOL_S_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_BACK_IN_S_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PER_TIER_FIELD_NUMBER: _ClassVar[int]
+    PREFETCH_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    FANOUT_BRANCHES_LEFT_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    namespace: str
+    state: str
+    tool_name: str
+    in_tool_s: float
+    expected_back_in_s: float
+    bytes_per_tier: _containers.ScalarMap[str, int]
+    prefetch: PrefetchInfo
+    blocks: int
+    fanout_branches_left: int
+    def __init__(self, session: _Optional[str] = ..., namespace: _Optional[str] = ..., state: _Optional[str] = ..., tool_name: _Optional[str] = ..., in_tool_s: _Optional[float] = ..., expected_back_in_s: _Optional[float] = ..., bytes_per_tier: _Optional[_Mapping[str, int]] = ..., prefetch: _Optional[_Union[PrefetchInfo, _Mapping]] = ..., blocks: _Optional[int] = ..., fanout_branches_left: _Optional[int] = ...) -> None: ...
+
+class ListSessionsResponse(_message.Message):
+    __slots__ = ("sessions",)
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    sessions: _containers.RepeatedCompositeFieldContainer[SessionInfo]
+    def __init__(self, sessions: _Optional[_Iterable[_Union[SessionInfo, _Mapping]]] = ...) -> None: ...

@@ -821,6 +821,11 @@ class AdminStub(object):
                 request_serializer=kvstore_dot_v1_dot_kvstore__pb2.HealthRequest.SerializeToString,
                 response_deserializer=kvstore_dot_v1_dot_kvstore__pb2.HealthResponse.FromString,
                 _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/kvstore.v1.Admin/ListSessions',
+                request_serializer=kvstore_dot_v1_dot_kvstore__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kvstore__pb2.ListSessionsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer(object):
@@ -853,6 +858,12 @@ class AdminServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSessions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -875,6 +886,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Health,
                     request_deserializer=kvstore_dot_v1_dot_kvstore__pb2.HealthRequest.FromString,
                     response_serializer=kvstore_dot_v1_dot_kvstore__pb2.HealthResponse.SerializeToString,
+            ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=kvstore_dot_v1_dot_kvstore__pb2.ListSessionsRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kvstore__pb2.ListSessionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -987,6 +1003,33 @@ class Admin(object):
             '/kvstore.v1.Admin/Health',
             kvstore_dot_v1_dot_kvstore__pb2.HealthRequest.SerializeToString,
             kvstore_dot_v1_dot_kvstore__pb2.HealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.Admin/ListSessions',
+            kvstore_dot_v1_dot_kvstore__pb2.ListSessionsRequest.SerializeToString,
+            kvstore_dot_v1_dot_kvstore__pb2.ListSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,149 @@
+"""The agent policy: place blocks by when their sessions will need them next.
+
+Every block's predicted next use is the soonest over the sessions that reference it (a running
+session: now; a session in a tool call: the call's expected end; waiting on a person: never).
+Under pressure the block used farthest in the future leaves first — Belady's rule with
+predictions — and blocks nobody predicts for leave in LRU order, after the far ones and before
+those needed soon. A tool call schedules a prefetch back to the top tier at
+`expected_end - lead`, with `lead = session bytes / link bandwidth + margin`, so the blocks are
+back before the tool returns; ending early makes the prefetch urgent; a tool that overruns its
+estimate by more than a grace period gives its HBM back.
+"""
+
+from __future__ import annotations
+
+from kvstore.config import AgentConfig
+from kvstore.index import BlockEntry
+from kvstore.policy.lru import LRUPolicy
+from kvstore.sessions import Session, State
+
+URGENT, PREFETCH, OVERRUN, OFFLOAD = 0, 5, 20, 30  # job priorities: lower runs first
+
+
+class AgentPolicy(LRUPolicy):
+    name = "agent"
+
+    def __init__(self, config: AgentConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or AgentConfig()
+
+    # ------------------------------------------------------------------ predictions
+
+    def session_next_use(self, session: Session, now: float) -> float | None:
+        return session.next_use(now, self.config.running_idle_s)
+
+    def block_next_use(self, entry: BlockEntry, now: float) -> float | None:
+        """Soonest predicted use over the sessions referencing the block; None: no prediction."""
+        best: float | None = None
+        sessions = self.store.sessions.sessions
+        for sid in entry.sessions or ():
+            nu = self.session_next_use(sessions[sid], now)
+            if nu is not None and (best is None or nu < best):
+                best = nu
+        return best
+
+    def lead(self, session: Session) -> float:
+        """Seconds to bring the whole session back to the top tier over the link from the tier
+        below it (measured where moves were timed), plus the margin."""
+        tiers = self.store.tiers
+        src = tiers[1].name if len(tiers) > 1 else tiers[0].name
+        return (
+            session.total_bytes / self.store.link_bandwidth(src, tiers[0].name)
+            + self.config.prefetch_margin_s
+        )
+
+    # ------------------------------------------------------------------ victims
+
+    def victim(self, tier: str, sooner_than: float | None = None) -> BlockEntry | None:
+        now = self.store.clock.now()
+        ranked = []
+        for session in self.store.sessions.live():
+            if session.tiers.get(tier):
+                nu = self.session_next_use(session, now)
+                if nu is not None and nu > now:
+                    ranked.append((nu, session))
+        ranked.sort(key=lambda p: -p[0])
+        far = [(nu, s) for nu, s in ranked if nu - now > self.lead(s)]
+        near = [(nu, s) for nu, s in ranked if nu - now <= self.lead(s)]
+        for nu, session in far:
+            entry = self._session_victim(session, tier, nu, now, sooner_than)
+            if entry is not None:
+                return entry
+        entry = self._unpredicted_victim(tier, now)
+        if entry is not None:
+            return entry
+        for nu, session in near:
+            entry = self._session_victim(session, tier, nu, now, sooner_than)
+            if entry is not None:
+                return entry
+        # Last resort (never for a prefetch): blocks of running sessions, least recently used.
+        return super().victim(tier) if sooner_than is None else None
+
+    def _session_victim(
+        self, session: Session, tier: str, nu: float, now: float, sooner_than: float | None
+    ) -> BlockEntry | None:
+        if sooner_than is not None and nu <= sooner_than:
+            return None
+        for entry in reversed(session.tiers[tier]):  # the chain's tail first: prefixes are shared more
+            if not entry.movable:
+                continue
+            shared = self.block_next_use(entry, now) if len(entry.sessions or ()) > 1 else nu
+            if shared is None or shared >= nu:
+                return entry
+        return None
+
+    def _unpredicted_victim(self, tier: str, now: float) -> BlockEntry | None:
+        for entry in self._tier(tier):
+            if entry.movable and (not entry.sessions or self.block_next_use(entry, now) is None):
+                return entry
+        return None
+
+    # ------------------------------------------------------------------ hints
+
+    def on_session(self, session: Session, event: str) -> None:
+        store, now = self.store, self.store.clock.now()
+        if event == "begin_tool" and session.tool is not None:
+            call = session.tool
+            start = max(now, call.expected_end - self.lead(session))
+            session.prefetch.status, session.prefetch.scheduled_at = "scheduled", start
+            store.mover.schedule(
+                lambda: store.prefetch(session, call.call_id), start, PREFETCH, f"prefetch {session.id}"
+            )
+            grace = max(self.config.overrun_grace_s, self.config.overrun_grace_fraction * call.expected_s)
+            store.mover.schedule(
+                lambda: self._overrun(session, call.call_id),
+                call.expected_end + grace,
+                OVERRUN,
+                f"overrun {session.id}",
+            )
+            if self.config.offload_eagerly:
+                store.mover.schedule(lambda: store.offload(session), now, OFFLOAD, f"offload {session.id}")
+        elif event == "end_tool":
+            counts = store.sessions.prefetches
+            if session.prefetch.status == "done":
+                counts["on_time"] += 1
+            else:
+                counts["late"] += 1
+                session.prefetch.status = "late"
+                store.mover.schedule(
+                    lambda: store.prefetch(session, None), now, URGENT, f"urgent {session.id}"
+                )
+        elif event == "awaiting_user" and self.config.offload_eagerly:
+            store.mover.schedule(lambda: store.offload(session), now, OFFLOAD, f"offload {session.id}")
+        elif event == "fanout" and session.fanout is not None:
+            fanout = session.fanout
+            store.mover.schedule(
+                lambda: store.pin_fanout(session, fanout.fanout_id), now, URGENT, f"fanout {session.id}"
+            )
+            store.mover.schedule(
+                lambda: store.release_fanout(session, fanout.fanout_id),
+                fanout.expires,
+                URGENT,
+                f"fanout ttl {session.id}",
+            )
+
+    def _overrun(self, session: Session, call_id: str) -> None:
+        """The tool ran past its estimate and the grace period: its blocks stop holding HBM."""
+        if session.state is State.IN_TOOL and session.tool is not None and session.tool.call_id == call_id:
+            session.overdue = True
+            self.store.offload(session)

@@ -1,0 +1,110 @@
+"""AgentHints service: what agent frameworks call (through the SDK's AgentSession)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import grpc
+
+from kvstore.errors import InvalidArgument
+from kvstore.hints import MAX_DURATION_S, Hints
+from kvstore.server.errors import grpc_errors
+from kvstore.sessions import Session
+from kvstore.store import Store
+from kvstore.v1 import kvstore_pb2 as pb
+from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
+
+READY_POLL_S = 0.005
+
+
+def _reply(session: Session) -> pb.SessionReply:
+    return pb.SessionReply(session=session.id, state=session.state.value, blocks=session.blocks)
+
+
+class AgentHintsService(pb_grpc.AgentHintsServicer):
+    """Hints only touch metadata (no bytes), so they run on the event loop under the store lock;
+    the moves they plan run on the mover's thread, which `kick` wakes."""
+
+    def __init__(self, store: Store, kick: Callable[[], None]) -> None:
+        self.hints = Hints(store)
+        self.kick = kick
+
+    @grpc_errors
+    async def OpenSession(
+        self, request: pb.OpenSessionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SessionReply:
+        return _reply(self.hints.open_session(request.session, request.namespace))
+
+    @grpc_errors
+    async def CloseSession(
+        self, request: pb.SessionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SessionReply:
+        return _reply(self.hints.close_session(request.session))
+
+    @grpc_errors
+    async def BindChain(
+        self, request: pb.BindChainRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SessionReply:
+        return _reply(self.hints.bind(request.session, request.namespace, list(request.keys)))
+
+    @grpc_errors
+    async def BeginToolCall(
+        self, request: pb.BeginToolCallRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ToolCallReply:
+        expected = request.expected_s if request.HasField("expected_s") and request.expected_s != 0 else None
+        plan = self.hints.begin_tool_call(request.session, request.tool_name, expected, request.call_id)
+        self.kick()
+        return pb.ToolCallReply(
+            call_id=plan.call_id, expected_s=plan.expected_s, prefetch_in_s=plan.prefetch_in_s
+        )
+
+    @grpc_errors
+    async def EndToolCall(
+        self, request: pb.EndToolCallRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ToolCallReply:
+        plan = self.hints.end_tool_call(request.call_id)
+        self.kick()
+        return pb.ToolCallReply(call_id=plan.call_id, expected_s=plan.expected_s)
+
+    @grpc_errors
+    async def AwaitingUser(
+        self, request: pb.SessionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SessionReply:
+        reply = _reply(self.hints.awaiting_user(request.session))
+        self.kick()
+        return reply
+
+    @grpc_errors
+    async def AnnounceFanout(
+        self, request: pb.AnnounceFanoutRequest, context: grpc.aio.ServicerContext
+    ) -> pb.FanoutReply:
+        fanout = self.hints.announce_fanout(request.session, request.n, request.ttl_s, request.fanout_id)
+        self.kick()
+        return pb.FanoutReply(fanout_id=fanout.fanout_id, branches_left=fanout.branches_left)
+
+    @grpc_errors
+    async def BranchDone(
+        self, request: pb.BranchDoneRequest, context: grpc.aio.ServicerContext
+    ) -> pb.FanoutReply:
+        return pb.FanoutReply(
+            fanout_id=request.fanout_id, branches_left=self.hints.branch_done(request.fanout_id)
+        )
+
+    @grpc_errors
+    async def WaitReady(
+        self, request: pb.WaitReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.WaitReadyReply:
+        if not 0 <= request.timeout_s <= MAX_DURATION_S:
+            raise InvalidArgument(
+                f"timeout_s must be between 0 and {MAX_DURATION_S:.0f}, got {request.timeout_s}"
+            )
+        deadline = time.monotonic() + request.timeout_s
+        while True:
+            state = self.hints.residency(request.session)
+            if state.ready or time.monotonic() >= deadline:
+                return pb.WaitReadyReply(
+                    ready=state.ready, bytes_in_hbm=state.bytes_top, bytes_elsewhere=state.bytes_elsewhere
+                )
+            await asyncio.sleep(READY_POLL_S)
