@@ -119,8 +119,11 @@ class AgentPolicy(LRUPolicy):
             if self.config.offload_eagerly:
                 store.mover.schedule(lambda: store.offload(session), now, OFFLOAD, f"offload {session.id}")
         elif event == "end_tool":
+            # On time only if the KV is in the top tier now (an overrun or later pressure may have
+            # sent it away again after the prefetch); otherwise bring it back at once.
             counts = store.sessions.prefetches
-            if session.prefetch.status == "done":
+            away = session.total_bytes - session.bytes_per_tier.get(store.tiers[0].name, 0)
+            if session.prefetch.status == "done" and away == 0:
                 counts["on_time"] += 1
             else:
                 counts["late"] += 1
