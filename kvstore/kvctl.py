@@ -122,6 +122,33 @@ def _evict(stub: pb_grpc.AdminStub, args: argparse.Namespace, console: Console) 
     return None
 
 
+def _ago(seconds: float) -> str:
+    return f"in {seconds:.1f}s" if seconds >= 0 else f"{-seconds:.1f}s ago"
+
+
+def _sessions(stub: pb_grpc.AdminStub, args: argparse.Namespace, console: Console) -> Any:
+    reply = stub.ListSessions(pb.ListSessionsRequest(), timeout=args.timeout)
+    if args.json:
+        return reply
+    table = Table(title=f"{len(reply.sessions)} sessions")
+    for col in ("session", "state", "tool", "expected back", "bytes per tier", "prefetch"):
+        table.add_column(col)
+    for s in reply.sessions:
+        tool = f"{s.tool_name} for {s.in_tool_s:.1f}s" if s.tool_name else ""
+        back = _ago(s.expected_back_in_s) if s.tool_name else ""
+        tiers = ", ".join(f"{t} {human(b)}" for t, b in sorted(s.bytes_per_tier.items()))
+        p = s.prefetch
+        when = ""
+        if p.HasField("done_ago_s"):
+            when = f" {p.done_ago_s:.1f}s ago"
+        elif p.HasField("scheduled_in_s"):
+            when = f" {_ago(p.scheduled_in_s)}"
+        fan = f" fan-out {s.fanout_branches_left} left" if s.fanout_branches_left else ""
+        table.add_row(s.session, s.state + fan, tool, back, tiers, f"{p.status}{when}")
+    console.print(table)
+    return None
+
+
 def _health(stub: pb_grpc.AdminStub, args: argparse.Namespace, console: Console) -> Any:
     reply = stub.Health(pb.HealthRequest(), timeout=args.timeout)
     if args.json:
@@ -173,6 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bytes", type=_size, help="how much to free, e.g. 2GiB")
     p.add_argument("--drop", action="store_true", help="remove from the store instead of demoting")
     p.set_defaults(run=_evict)
+
+    p = sub.add_parser(
+        "sessions",
+        help="agent sessions: state, tool calls, bytes per tier, prefetches",
+        description="Each session's state (running / in tool since / expected back / awaiting user), its "
+        "bytes per tier, and its prefetch (scheduled at, done, late).",
+    )
+    p.set_defaults(run=_sessions)
 
     p = sub.add_parser(
         "health",

@@ -1,5 +1,6 @@
 """kvstore SDK: clients for engines and agent frameworks. Importing it does not import torch."""
 
+from kvstore.sdk.agent import AgentSession, AsyncAgentSession, Fanout, HintSender
 from kvstore.sdk.async_client import AsyncClient
 from kvstore.sdk.client import Client
 from kvstore.sdk.core import DEFAULT_ADDRESS, LookupResult, NamespaceInfo
@@ -15,9 +16,13 @@ from kvstore.errors import (
 
 __all__ = [
     "DEFAULT_ADDRESS",
+    "AgentSession",
+    "AsyncAgentSession",
     "AsyncClient",
     "Client",
     "FailedPrecondition",
+    "Fanout",
+    "HintSender",
     "InvalidArgument",
     "KVStoreError",
     "LookupResult",

@@ -65,7 +65,15 @@ def test_bad_usage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "argv", [["--help"], ["stats", "--help"], ["blocks", "--help"], ["evict", "--help"], ["health", "--help"]]
+    "argv",
+    [
+        ["--help"],
+        ["stats", "--help"],
+        ["blocks", "--help"],
+        ["evict", "--help"],
+        ["health", "--help"],
+        ["sessions", "--help"],
+    ],
 )
 def test_help_everywhere(argv: list[str]) -> None:
     proc = subprocess.run(

@@ -16,6 +16,10 @@ class StoreCollector(Collector):
         self.store = store
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        with self.store.lock:  # session tables change under the mover's thread
+            return iter(list(self._collect()))
+
+    def _collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         s = self.store.stats()
         gauges = {
             "used_bytes": GaugeMetricFamily(
@@ -59,9 +63,32 @@ class StoreCollector(Collector):
         yield CounterMetricFamily("kvstore_get_misses", "Gets of keys that were not stored", value=s.misses)
         yield CounterMetricFamily("kvstore_lookups", "Prefix lookups", value=s.lookups)
         moved = CounterMetricFamily("kvstore_moved_bytes", "Bytes moved between tiers", labels=["src", "dst"])
+        moves = CounterMetricFamily("kvstore_moves", "Blocks moved between tiers", labels=["src", "dst"])
         for (src, dst), link in list(self.store.mover.links.items()):
             moved.add_metric([src, dst], link.bytes)
+            moves.add_metric([src, dst], link.moves)
         yield moved
+        yield moves
+        registry = self.store.sessions
+        hints = CounterMetricFamily("kvstore_hints", "Agent hints received", labels=["kind"])
+        for kind, n in sorted(registry.hints.items()):
+            hints.add_metric([kind], n)
+        yield hints
+        prefetches = CounterMetricFamily(
+            "kvstore_prefetches",
+            "Tool-call prefetches by outcome (on_time, late, wasted)",
+            labels=["outcome"],
+        )
+        for outcome, n in registry.prefetches.items():
+            prefetches.add_metric([outcome], n)
+        yield prefetches
+        prefetch_bytes = CounterMetricFamily(
+            "kvstore_prefetch_bytes", "Bytes prefetched, and wasted", labels=["kind"]
+        )
+        for kind, n in registry.prefetch_bytes.items():
+            prefetch_bytes.add_metric([kind], n)
+        yield prefetch_bytes
+        yield GaugeMetricFamily("kvstore_sessions", "Open agent sessions", value=len(registry.sessions))
 
 
 def serve_metrics(store: Store, host: str, port: int) -> Callable[[], None]:
