@@ -16,6 +16,7 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +99,7 @@ class Store:
         sessions: SessionRegistry | None = None,
         link_bandwidths: dict[tuple[str, str], float] | None = None,
         default_bandwidth: float = 8e9,
+        virtual_transfers: bool = False,
     ) -> None:
         if not tiers:
             raise ValueError("a store needs at least one tier")
@@ -122,6 +124,9 @@ class Store:
         # Fixed link speeds (the replay's scenario); otherwise measured moves, else the default.
         self.link_bandwidths = dict(link_bandwidths or {})
         self.default_bandwidth = default_bandwidth
+        # On a virtual clock a move is instant in the index but its bytes take time on the link:
+        # a prefetch is done when its last byte has arrived, not when it was issued.
+        self.virtual_transfers = virtual_transfers
         policy.attach(self)
 
     # ------------------------------------------------------------------ validation
@@ -268,6 +273,29 @@ class Store:
                     self._move_to(entry, 0, data)
         return results
 
+    def promote(self, namespace: str, keys: Sequence[bytes], session: str | None = None) -> dict[str, int]:
+        """Bring stored blocks of `keys` to the top tier without reading them out (an engine about
+        to run a request over them). Returns the bytes moved up, per source tier."""
+        self.namespace(namespace)
+        self._check_keys(keys)
+        moved: dict[str, int] = {}
+        top = self.tiers[0].name
+        with self.lock:
+            now = self.clock.now()
+            active = self._active_session(session, namespace, now) if session else None
+            for key in keys:
+                entry = self.index.get(namespace, key)
+                if entry is None:
+                    continue
+                entry.last_use = now
+                self.policy.on_access(entry)
+                if active is not None:
+                    self.sessions.ref(entry, active)
+                src = entry.tier
+                if src != top and entry.movable and self._move_to(entry, 0):
+                    moved[src] = moved.get(src, 0) + entry.size
+        return moved
+
     def lookup(self, namespace: str, keys: Sequence[bytes], session: str | None = None) -> PrefixMatch:
         """Longest stored prefix of the chain; with a session, the session now references it."""
         self.namespace(namespace)
@@ -316,8 +344,9 @@ class Store:
     def unpin(self, namespace: str, keys: Sequence[bytes]) -> int:
         with self.lock:
             entries = self._entries(namespace, keys)
+            times = Counter(map(id, entries))
             for entry in entries:
-                if entry.pins < entries.count(entry):
+                if entry.pins < times[id(entry)]:
                     raise FailedPrecondition(f"block {entry.key.hex()} is not pinned that many times")
             for entry in entries:
                 self._unpin(entry)
@@ -435,6 +464,7 @@ class Store:
         if entry.pins == 0:
             self._pinned_bytes[entry.tier] += entry.size
             self._pinned_blocks[entry.tier] += 1
+            self.policy.on_pin(entry)
         entry.pins += 1
 
     def _unpin(self, entry: BlockEntry) -> None:
@@ -442,6 +472,7 @@ class Store:
         if entry.pins == 0:
             self._pinned_bytes[entry.tier] -= entry.size
             self._pinned_blocks[entry.tier] -= 1
+            self.policy.on_unpin(entry)
 
     def _count_wasted(self, entry: BlockEntry, sessions: list[Session]) -> None:
         """Prefetched blocks that left the top tier before their session used them."""
@@ -503,12 +534,16 @@ class Store:
         session.prefetch.status = "running"
         needed_at = self._needed_at(session, now)
         moved = 0
+        seconds = 0.0
+        top = self.tiers[0].name
         for tier in self.tiers[1:]:
             for entry in list(session.tiers.get(tier.name, ())):
                 if entry.movable and self._move_to(entry, 0, sooner_than=needed_at):
                     moved += entry.size
+                    seconds += entry.size / self.link_bandwidth(tier.name, top)
                     session.prefetched.add(entry)
-        session.prefetch.status, session.prefetch.done_at = "done", now
+        session.prefetch.status = "done"
+        session.prefetch.done_at = now + seconds if self.virtual_transfers else now
         session.prefetch.bytes = moved
         self.sessions.prefetch_bytes["moved"] += moved
         return moved

@@ -92,8 +92,10 @@ def test_pinned_blocks_never_leave_their_tier(tmp_path: Path) -> None:
     put(store, 0, 1, pin=True)
     put(store, *range(2, 30))
     assert where(store, 0, 1) == ["hbm", "hbm"]
-    store.unpin("t", [key(0)])
+    store.unpin("t", [key(0)])  # an unpinned block counts as just used, as in vLLM's free queue
     put(store, *range(30, 40))
+    assert where(store, 0, 1) == ["disk", "hbm"]
+    put(store, *range(40, 44))
     assert where(store, 0, 1) == [None, "hbm"]
 
 

@@ -41,6 +41,12 @@ class Policy(ABC):
     def on_move(self, entry: BlockEntry, from_tier: str) -> None:
         """A block moved from `from_tier` to entry.tier."""
 
+    def on_pin(self, entry: BlockEntry) -> None:
+        """The block was pinned (0 -> 1): it cannot be a victim until unpinned."""
+
+    def on_unpin(self, entry: BlockEntry) -> None:
+        """The block's last pin went away."""
+
     @abstractmethod
     def victim(self, tier: str, sooner_than: float | None = None) -> BlockEntry | None:
         """The movable block that should leave `tier` first, or None when none may.

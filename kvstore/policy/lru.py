@@ -26,13 +26,23 @@ class LRUPolicy(Policy):
         self._tier(entry.tier)[entry] = None
 
     def on_access(self, entry: BlockEntry) -> None:
-        self._tier(entry.tier).move_to_end(entry)
+        order = self._tier(entry.tier)
+        if entry in order:
+            order.move_to_end(entry)
 
     def on_remove(self, entry: BlockEntry) -> None:
-        del self._tier(entry.tier)[entry]
+        self._tier(entry.tier).pop(entry, None)
 
     def on_move(self, entry: BlockEntry, from_tier: str) -> None:
-        del self._tier(from_tier)[entry]
+        self._tier(from_tier).pop(entry, None)
+        if not entry.pins:
+            self._tier(entry.tier)[entry] = None
+
+    # Pinned blocks leave the order while pinned, so finding a victim never walks past them.
+    def on_pin(self, entry: BlockEntry) -> None:
+        self._tier(entry.tier).pop(entry, None)
+
+    def on_unpin(self, entry: BlockEntry) -> None:
         self._tier(entry.tier)[entry] = None
 
     def victim(self, tier: str, sooner_than: float | None = None) -> BlockEntry | None:
@@ -42,5 +52,5 @@ class LRUPolicy(Policy):
         return None
 
     def lru_order(self, tier: str) -> list[BlockEntry]:
-        """Blocks of `tier`, least recently used first."""
+        """Unpinned blocks of `tier`, least recently used first."""
         return list(self._tier(tier))

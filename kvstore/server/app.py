@@ -68,6 +68,7 @@ class KVStoreServer:
         self._mover_task: asyncio.Task[None] | None = None
         self._stop_metrics: Callable[[], None] | None = None
         self._wake = asyncio.Event()
+        self._stopping = False
 
     @property
     def address(self) -> str:
@@ -104,7 +105,9 @@ class KVStoreServer:
         )
 
     async def _run_mover(self) -> None:
-        while True:
+        # Stopped by a flag, not by cancellation: on Python 3.11 wait_for can swallow a cancel
+        # that races with the wake event, and stop() would then wait forever.
+        while not self._stopping:
             if self.store.mover.pending:
                 await asyncio.to_thread(self.store.run_due_jobs)
             self._wake.clear()
@@ -118,9 +121,9 @@ class KVStoreServer:
     async def stop(self, grace: float = 2.0) -> None:
         """Stop serving, then flush what must persist (memory tiers to disk, when configured)."""
         if self._mover_task is not None:
-            self._mover_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._mover_task
+            self._stopping = True
+            self._wake.set()
+            await self._mover_task  # lets a running job finish before the flush
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
