@@ -31,6 +31,10 @@ class BlockEntry:
     def movable(self) -> bool:
         return self.pins == 0 and self.readers == 0
 
+    def staged(self, tier: str) -> BlockEntry:
+        """A copy to allocate and write in another tier before the block moves there."""
+        return BlockEntry(self.namespace, self.key, self.parent, self.size, tier, 0, self.meta)
+
 
 @dataclass(slots=True)
 class PrefixMatch:

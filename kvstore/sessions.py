@@ -14,6 +14,7 @@ import logging
 import math
 import os
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,9 +147,14 @@ class SessionRegistry:
         self.hints: dict[str, int] = {}
         self.prefetches: dict[str, int] = {"on_time": 0, "late": 0, "wasted": 0}
         self.prefetch_bytes: dict[str, int] = {"moved": 0, "wasted": 0}
+        # Bumped whenever a session's state (hence its predicted next use) changes.
+        self.version = 0
+        # Told when a block loses its last session reference (the store points it at the policy).
+        self.on_orphan: Callable[[BlockEntry], None] = lambda entry: None
 
     def count_hint(self, kind: str) -> None:
         self.hints[kind] = self.hints.get(kind, 0) + 1
+        self.version += 1
 
     def open(self, session_id: str, namespace: str, now: float) -> Session:
         session = self.sessions.get(session_id)
@@ -175,6 +181,8 @@ class SessionRegistry:
         del session.tiers[entry.tier][entry]
         session.bytes_per_tier[entry.tier] -= entry.size
         session.prefetched.discard(entry)
+        if entry.sessions is None:
+            self.on_orphan(entry)
 
     def on_move(self, entry: BlockEntry, from_tier: str) -> list[Session]:
         """Keep per-tier membership right; returns the sessions whose prefetched block just left."""
@@ -209,3 +217,4 @@ class SessionRegistry:
             self.fanouts.pop(session.fanout.fanout_id, None)
         session.state = State.CLOSED
         del self.sessions[session.id]
+        self.version += 1

@@ -57,6 +57,12 @@ class GetResult:
 
 
 @dataclass(slots=True)
+class Promotion:
+    moved: dict[str, int]  # bytes brought up, per source tier
+    blocks: int  # leading blocks of the chain that were stored (and pinned, when asked)
+
+
+@dataclass(slots=True)
 class TierCounters:
     hits: int = 0
     moves_in: int = 0
@@ -127,6 +133,7 @@ class Store:
         # On a virtual clock a move is instant in the index but its bytes take time on the link:
         # a prefetch is done when its last byte has arrived, not when it was issued.
         self.virtual_transfers = virtual_transfers
+        self.sessions.on_orphan = policy.on_orphan
         policy.attach(self)
 
     # ------------------------------------------------------------------ validation
@@ -273,12 +280,16 @@ class Store:
                     self._move_to(entry, 0, data)
         return results
 
-    def promote(self, namespace: str, keys: Sequence[bytes], session: str | None = None) -> dict[str, int]:
-        """Bring stored blocks of `keys` to the top tier without reading them out (an engine about
-        to run a request over them). Returns the bytes moved up, per source tier."""
+    def promote(
+        self, namespace: str, keys: Sequence[bytes], session: str | None = None, pin: bool = False
+    ) -> Promotion:
+        """Bring the stored prefix of `keys` to the top tier without reading it out — what an
+        engine does before running a request over it. With `pin`, each block is pinned as it
+        lands, so bringing in the rest cannot push it out again. Stops at the first key that is
+        not stored."""
         self.namespace(namespace)
         self._check_keys(keys)
-        moved: dict[str, int] = {}
+        result = Promotion({}, 0)
         top = self.tiers[0].name
         with self.lock:
             now = self.clock.now()
@@ -286,15 +297,18 @@ class Store:
             for key in keys:
                 entry = self.index.get(namespace, key)
                 if entry is None:
-                    continue
+                    break
                 entry.last_use = now
                 self.policy.on_access(entry)
                 if active is not None:
                     self.sessions.ref(entry, active)
                 src = entry.tier
                 if src != top and entry.movable and self._move_to(entry, 0):
-                    moved[src] = moved.get(src, 0) + entry.size
-        return moved
+                    result.moved[src] = result.moved.get(src, 0) + entry.size
+                if pin:
+                    self._pin(entry)
+                result.blocks += 1
+        return result
 
     def lookup(self, namespace: str, keys: Sequence[bytes], session: str | None = None) -> PrefixMatch:
         """Longest stored prefix of the chain; with a session, the session now references it."""
@@ -317,6 +331,7 @@ class Store:
         session.last_active = now
         if session.state is State.AWAITING_USER:
             session.state = State.RUNNING
+            self.sessions.version += 1
         session.prefetched.clear()
         return session
 
@@ -430,7 +445,7 @@ class Store:
     ) -> bool:
         """Move entry to tiers[level] (making room there); False, entry untouched, if no room."""
         src, dst = self.tier_by_name[entry.tier], self.tiers[level]
-        staged = dataclasses.replace(entry, tier=dst.name)
+        staged = entry.staged(dst.name)
         entry.readers += 1  # a transfer reads it: making room below must not pick it
         try:
             if not self._make_room(level, staged, sooner_than):
@@ -538,10 +553,13 @@ class Store:
         top = self.tiers[0].name
         for tier in self.tiers[1:]:
             for entry in list(session.tiers.get(tier.name, ())):
-                if entry.movable and self._move_to(entry, 0, sooner_than=needed_at):
-                    moved += entry.size
-                    seconds += entry.size / self.link_bandwidth(tier.name, top)
-                    session.prefetched.add(entry)
+                if not entry.movable:
+                    continue
+                if not self._move_to(entry, 0, sooner_than=needed_at):
+                    break  # no room without pushing out blocks needed sooner: none will appear
+                moved += entry.size
+                seconds += entry.size / self.link_bandwidth(tier.name, top)
+                session.prefetched.add(entry)
         session.prefetch.status = "done"
         session.prefetch.done_at = now + seconds if self.virtual_transfers else now
         session.prefetch.bytes = moved
@@ -638,6 +656,9 @@ class Store:
             tier.close()
 
     # ------------------------------------------------------------------ introspection
+
+    def pinned_bytes(self, tier: str) -> int:
+        return self._pinned_bytes[tier]
 
     def stats(self) -> StoreStats:
         with self.lock:

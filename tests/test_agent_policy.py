@@ -118,25 +118,38 @@ def test_early_end_makes_the_prefetch_urgent(tmp_path: Path) -> None:
     assert store.sessions.prefetches["late"] == 1
 
 
-def test_a_tool_that_overruns_gives_its_hbm_back(tmp_path: Path) -> None:
+def test_a_tool_that_overruns_stops_holding_hbm(tmp_path: Path) -> None:
     store, hints = make(tmp_path, overrun_grace_s=2.0, overrun_grace_fraction=0.0)
+    put(store, None, "old1", "old2")  # unreferenced, least recently used
     hints.open_session("A", "t")
     put(store, "A", *A)
     plan = hints.begin_tool_call("A", "pytest", expected_s=10.0)
-    run_until(store, 10.0)
-    assert tiers(store, *A) == ["hbm"] * 4
-    run_until(store, 11.99)
-    assert tiers(store, *A) == ["hbm"] * 4
-    run_until(store, 12.0)
-    assert tiers(store, *A) == ["dram"] * 4  # overdue: offloaded
     hints.open_session("B", "t")
-    put(store, "B", *B, "b6", "b7")  # the room is B's now
-    assert tiers(store, *B) == ["hbm"] * 6
+    run_until(store, 11.99)  # in the grace period A is about to come back: it keeps its room
+    put(store, "B", "b0", "b1", "b2")
+    assert tiers(store, *A) == ["hbm"] * 4
+    assert tiers(store, "old1", "old2") == ["dram", "hbm"]
+    run_until(store, 12.0)  # overdue: nobody knows when A comes back, so it is first to leave
+    assert tiers(store, *A) == ["hbm"] * 4  # ... but only when room is needed
+    put(store, "B", "b3", "b4", "b5", "b6", "b7")  # 5 to push out: A's four, then the LRU one
+    assert tiers(store, *A, "old2") == ["dram"] * 5
     run_until(store, 40.0)
     hints.end_tool_call(plan.call_id)
     hints.awaiting_user("B")
-    store.run_due_jobs()
+    store.run_due_jobs()  # the late end brings A back at once
     assert tiers(store, *A) == ["hbm"] * 4
+    assert store.sessions.prefetches["late"] == 1
+
+
+def test_overrun_with_offload_eagerly_moves_blocks_out_at_once(tmp_path: Path) -> None:
+    store, hints = make(tmp_path, offload_eagerly=True, overrun_grace_s=2.0, overrun_grace_fraction=0.0)
+    hints.open_session("A", "t")
+    put(store, "A", *A)
+    hints.begin_tool_call("A", "pytest", expected_s=10.0)
+    run_until(store, 11.0)
+    assert tiers(store, *A) == ["hbm"] * 4  # prefetched back for the expected end
+    run_until(store, 12.0)
+    assert tiers(store, *A) == ["dram"] * 4
 
 
 def test_offload_eagerly_moves_blocks_out_at_the_start_of_the_call(tmp_path: Path) -> None:

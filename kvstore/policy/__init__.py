@@ -6,8 +6,9 @@ from kvstore.config import AgentConfig
 from kvstore.policy.agent import AgentPolicy
 from kvstore.policy.base import Policy
 from kvstore.policy.lru import LRUPolicy
+from kvstore.policy.ttl import TTLPolicy
 
-POLICIES: dict[str, type[Policy]] = {"lru": LRUPolicy, "agent": AgentPolicy}
+POLICIES: dict[str, type[Policy]] = {"lru": LRUPolicy, "agent": AgentPolicy, "ttl": TTLPolicy}
 
 
 def make_policy(name: str, agent: AgentConfig | None = None) -> Policy:
@@ -19,4 +20,4 @@ def make_policy(name: str, agent: AgentConfig | None = None) -> Policy:
         raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(sorted(POLICIES))}") from None
 
 
-__all__ = ["POLICIES", "AgentPolicy", "LRUPolicy", "Policy", "make_policy"]
+__all__ = ["POLICIES", "AgentPolicy", "LRUPolicy", "Policy", "TTLPolicy", "make_policy"]

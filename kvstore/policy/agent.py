@@ -7,10 +7,13 @@ predictions — and blocks nobody predicts for leave in LRU order, after the far
 those needed soon. A tool call schedules a prefetch back to the top tier at
 `expected_end - lead`, with `lead = session bytes / link bandwidth + margin`, so the blocks are
 back before the tool returns; ending early makes the prefetch urgent; a tool that overruns its
-estimate by more than a grace period gives its HBM back.
+estimate by more than a grace period stops holding HBM (its blocks become the first to leave).
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
 
 from kvstore.config import AgentConfig
 from kvstore.index import BlockEntry
@@ -20,12 +23,22 @@ from kvstore.sessions import Session, State
 URGENT, PREFETCH, OVERRUN, OFFLOAD = 0, 5, 20, 30  # job priorities: lower runs first
 
 
+@dataclass(slots=True)
+class Ranking:
+    far: list[tuple[float, Session]]
+    near: list[tuple[float, Session]]
+    idle: list[Session]
+
+
 class AgentPolicy(LRUPolicy):
     name = "agent"
 
     def __init__(self, config: AgentConfig | None = None) -> None:
         super().__init__()
         self.config = config or AgentConfig()
+        self._ranked_at: tuple[float, int] | None = None
+        self._ranked = Ranking([], [], [])
+        self._orphans: dict[str, OrderedDict[BlockEntry, None]] = {}
 
     # ------------------------------------------------------------------ predictions
 
@@ -54,28 +67,43 @@ class AgentPolicy(LRUPolicy):
 
     # ------------------------------------------------------------------ victims
 
+    def _ranking(self, now: float) -> Ranking:
+        """Sessions by predicted next use: far (beyond their prefetch lead, farthest first), near,
+        and idle (no prediction, least recently active first). Cached until time moves or a
+        session's state changes."""
+        version = self.store.sessions.version
+        if self._ranked_at != (now, version):
+            ranked, idle = [], []
+            for session in self.store.sessions.live():
+                nu = self.session_next_use(session, now)
+                if nu is None:
+                    idle.append(session)
+                elif nu > now:
+                    ranked.append((nu, session, nu - now > self.lead(session)))
+            ranked.sort(key=lambda r: -r[0])
+            idle.sort(key=lambda s: s.last_active)
+            self._ranked = Ranking(
+                [(nu, s) for nu, s, far in ranked if far], [(nu, s) for nu, s, far in ranked if not far], idle
+            )
+            self._ranked_at = (now, version)
+        return self._ranked
+
     def victim(self, tier: str, sooner_than: float | None = None) -> BlockEntry | None:
         now = self.store.clock.now()
-        ranked = []
-        for session in self.store.sessions.live():
+        ranking = self._ranking(now)
+        for nu, session in ranking.far:
             if session.tiers.get(tier):
-                nu = self.session_next_use(session, now)
-                if nu is not None and nu > now:
-                    ranked.append((nu, session))
-        ranked.sort(key=lambda p: -p[0])
-        far = [(nu, s) for nu, s in ranked if nu - now > self.lead(s)]
-        near = [(nu, s) for nu, s in ranked if nu - now <= self.lead(s)]
-        for nu, session in far:
-            entry = self._session_victim(session, tier, nu, now, sooner_than)
-            if entry is not None:
-                return entry
-        entry = self._unpredicted_victim(tier, now)
+                entry = self._session_victim(session, tier, nu, now, sooner_than)
+                if entry is not None:
+                    return entry
+        entry = self._unpredicted_victim(tier, now, ranking.idle)
         if entry is not None:
             return entry
-        for nu, session in near:
-            entry = self._session_victim(session, tier, nu, now, sooner_than)
-            if entry is not None:
-                return entry
+        for nu, session in ranking.near:
+            if session.tiers.get(tier):
+                entry = self._session_victim(session, tier, nu, now, sooner_than)
+                if entry is not None:
+                    return entry
         # Last resort (never for a prefetch): blocks of running sessions, least recently used.
         return super().victim(tier) if sooner_than is None else None
 
@@ -92,11 +120,65 @@ class AgentPolicy(LRUPolicy):
                 return entry
         return None
 
-    def _unpredicted_victim(self, tier: str, now: float) -> BlockEntry | None:
-        for entry in self._tier(tier):
-            if entry.movable and (not entry.sessions or self.block_next_use(entry, now) is None):
+    def _unpredicted_victim(self, tier: str, now: float, idle: list[Session]) -> BlockEntry | None:
+        """Blocks nobody predicts for: first those no session references (least recently used
+        first), then those of sessions that went quiet without a hint."""
+        orphans = self._orphans.get(tier)
+        while orphans:
+            entry = next(iter(orphans))
+            if entry.sessions or entry.pins or entry.tier != tier:
+                del orphans[entry]  # it gained a reference (or a pin) since it was orphaned
+                continue
+            if entry.movable:
                 return entry
+            break  # a transfer is reading it: fall through to the rest
+        for session in idle:
+            for entry in reversed(session.tiers.get(tier, {})):
+                if entry.movable and self.block_next_use(entry, now) is None:
+                    return entry
         return None
+
+    # Orphans (blocks no session references) per tier, in LRU order; stale members are dropped
+    # when met, so only a block losing its last reference needs telling.
+    def on_insert(self, entry: BlockEntry) -> None:
+        super().on_insert(entry)
+        if not entry.sessions:
+            self._orphans_of(entry.tier)[entry] = None
+
+    def on_access(self, entry: BlockEntry) -> None:
+        super().on_access(entry)
+        orphans = self._orphans.get(entry.tier)
+        if orphans is not None and entry in orphans:
+            orphans.move_to_end(entry)
+
+    def on_remove(self, entry: BlockEntry) -> None:
+        super().on_remove(entry)
+        self._orphans_of(entry.tier).pop(entry, None)
+
+    def on_move(self, entry: BlockEntry, from_tier: str) -> None:
+        super().on_move(entry, from_tier)
+        self._orphans_of(from_tier).pop(entry, None)
+        if not entry.sessions and not entry.pins:
+            self._orphans_of(entry.tier)[entry] = None
+
+    def on_pin(self, entry: BlockEntry) -> None:
+        super().on_pin(entry)
+        self._orphans_of(entry.tier).pop(entry, None)
+
+    def on_unpin(self, entry: BlockEntry) -> None:
+        super().on_unpin(entry)
+        if not entry.sessions:
+            self._orphans_of(entry.tier)[entry] = None
+
+    def on_orphan(self, entry: BlockEntry) -> None:
+        if not entry.pins and self.store.index.get(entry.namespace, entry.key) is entry:
+            self._orphans_of(entry.tier)[entry] = None
+
+    def _orphans_of(self, tier: str) -> OrderedDict[BlockEntry, None]:
+        orphans = self._orphans.get(tier)
+        if orphans is None:
+            orphans = self._orphans[tier] = OrderedDict()
+        return orphans
 
     # ------------------------------------------------------------------ hints
 
@@ -146,7 +228,11 @@ class AgentPolicy(LRUPolicy):
             )
 
     def _overrun(self, session: Session, call_id: str) -> None:
-        """The tool ran past its estimate and the grace period: its blocks stop holding HBM."""
+        """The tool ran past its estimate and the grace period: its blocks stop holding HBM — they
+        are the first to leave when anyone needs room (and leave now with `offload_eagerly`).
+        Moving them out with nobody asking for the room would only make the resume cold."""
         if session.state is State.IN_TOOL and session.tool is not None and session.tool.call_id == call_id:
             session.overdue = True
-            self.store.offload(session)
+            self.store.sessions.version += 1
+            if self.config.offload_eagerly:
+                self.store.offload(session)

@@ -47,6 +47,9 @@ class Policy(ABC):
     def on_unpin(self, entry: BlockEntry) -> None:
         """The block's last pin went away."""
 
+    def on_orphan(self, entry: BlockEntry) -> None:
+        """The block lost its last session reference."""
+
     @abstractmethod
     def victim(self, tier: str, sooner_than: float | None = None) -> BlockEntry | None:
         """The movable block that should leave `tier` first, or None when none may.

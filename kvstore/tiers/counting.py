@@ -15,6 +15,7 @@ class CountingTier(Tier):
         self.capacity = capacity
         self.device = "counting"
         self._used = 0
+        self._zeros: dict[int, bytes] = {}
 
     @property
     def used(self) -> int:
@@ -33,4 +34,7 @@ class CountingTier(Tier):
         """Nothing is kept."""
 
     def read(self, entry: BlockEntry) -> bytes:
-        return bytes(entry.size)
+        zeros = self._zeros.get(entry.size)
+        if zeros is None:  # one buffer per block size, not one allocation per read
+            zeros = self._zeros[entry.size] = bytes(entry.size)
+        return zeros
