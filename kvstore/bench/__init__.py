@@ -1,4 +1,4 @@
-"""Benchmarks: `kvstore bench index | grpc | hints` (figures for notes, never timed tests)."""
+"""Benchmarks: `kvstore bench replay | index | grpc | hints` (figures for notes, never timed tests)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import argparse
 
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
-    from kvstore.bench import grpc_bench, hints_bench, index_bench
+    from kvstore.bench import grpc_bench, hints_bench, index_bench, replay_cli
 
     bench = sub.add_parser("bench", help="run a benchmark", description="Benchmarks that print figures.")
     kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    replay_cli.add_parser(kinds)
     index_bench.add_parser(kinds)
     grpc_bench.add_parser(kinds)
     hints_bench.add_parser(kinds)

@@ -115,6 +115,7 @@ class Replay:
         policy: str,
         scenario: Scenario,
         progress: Callable[[int], None] | None = None,
+        observer: Callable[[Store], None] | None = None,
     ) -> None:
         if policy in NEEDS_HINTS and not all(t.has_hints for t in traces):
             raise ScenarioError(
@@ -124,6 +125,7 @@ class Replay:
         self.policy = policy
         self.scenario = scenario
         self.progress = progress
+        self.observer = observer  # called after every event and job (invariant checks)
         block_sizes = sorted({s.block_tokens for t in traces for s in t.sessions})
         self.namespaces = {
             bt: Namespace(f"b{bt}", "replay", block_tokens=bt, block_bytes=bt * scenario.bytes_per_token)
@@ -171,6 +173,8 @@ class Replay:
         while (due := store.mover.next_due()) is not None and due <= t:
             self._tick(max(due, self.clock.now()))
             store.run_due_jobs()
+            if self.observer is not None:
+                self.observer(store)
         self._tick(t)
 
     def _tick(self, t: float) -> None:
@@ -193,6 +197,8 @@ class Replay:
                 self._arrive(data)  # type: ignore[arg-type]
             elif kind == "finish":
                 self._finish(*data)  # type: ignore[misc]
+            if self.observer is not None:
+                self.observer(self.store)
         return self._figures(time.perf_counter() - started)
 
     def _next_session(self) -> None:
