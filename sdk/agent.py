@@ -144,7 +144,12 @@ class _SessionCore:
     """Builds and queues the hints; the sync and async sessions differ only in how they wait."""
 
     def __init__(
-        self, address: str, session_id: str | None, namespace: str, timeout: float, sender: HintSender | None
+        self,
+        address: str = DEFAULT_ADDRESS,
+        session_id: str | None = None,
+        namespace: str = "default",
+        timeout: float = 2.0,
+        sender: HintSender | None = None,
     ) -> None:
         self.id = session_id or uuid.uuid4().hex
         self.namespace = namespace
@@ -233,16 +238,6 @@ class _SessionCore:
 
 
 class AgentSession(_SessionCore):
-    def __init__(
-        self,
-        address: str = DEFAULT_ADDRESS,
-        session_id: str | None = None,
-        namespace: str = "default",
-        timeout: float = 2.0,
-        sender: HintSender | None = None,
-    ) -> None:
-        super().__init__(address, session_id, namespace, timeout, sender)
-
     @contextlib.contextmanager
     def tool_call(self, tool_name: str, expected_s: float | None = None) -> Iterator[str]:
         """Announce a tool call for the duration of the block; yields the call id."""
@@ -268,16 +263,6 @@ class AgentSession(_SessionCore):
 
 class AsyncAgentSession(_SessionCore):
     """asyncio twin of AgentSession: hints are queued the same way (never awaited on kvstore)."""
-
-    def __init__(
-        self,
-        address: str = DEFAULT_ADDRESS,
-        session_id: str | None = None,
-        namespace: str = "default",
-        timeout: float = 2.0,
-        sender: HintSender | None = None,
-    ) -> None:
-        super().__init__(address, session_id, namespace, timeout, sender)
 
     @contextlib.asynccontextmanager
     async def tool_call(self, tool_name: str, expected_s: float | None = None) -> AsyncIterator[str]:

@@ -56,6 +56,28 @@ class Tier(ABC):
         """Release what the tier holds outside Python objects (files, device memory)."""
 
 
+class ByteBudgetTier(Tier):
+    """A tier whose room is a byte count (files, or nothing at all), not a buffer to carve up."""
+
+    def __init__(self, name: str, capacity: int) -> None:
+        self.name = name
+        self.capacity = capacity
+        self._used = 0
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    def allocate(self, entry: BlockEntry) -> bool:
+        if self._used + entry.size > self.capacity:
+            return False
+        self._used += entry.size
+        return True
+
+    def free(self, entry: BlockEntry) -> None:
+        self._used -= entry.size
+
+
 def as_buffer(data: Any) -> memoryview:
     """A flat uint8 memoryview of a tensor (moved to host if needed) or of any buffer."""
     if hasattr(data, "detach"):  # torch.Tensor, without importing torch here

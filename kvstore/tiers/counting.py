@@ -6,29 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from kvstore.index import BlockEntry
-from kvstore.tiers.base import Tier
+from kvstore.tiers.base import ByteBudgetTier
 
 
-class CountingTier(Tier):
+class CountingTier(ByteBudgetTier):
     def __init__(self, name: str, capacity: int) -> None:
-        self.name = name
-        self.capacity = capacity
+        super().__init__(name, capacity)
         self.device = "counting"
-        self._used = 0
         self._zeros: dict[int, bytes] = {}
-
-    @property
-    def used(self) -> int:
-        return self._used
-
-    def allocate(self, entry: BlockEntry) -> bool:
-        if self._used + entry.size > self.capacity:
-            return False
-        self._used += entry.size
-        return True
-
-    def free(self, entry: BlockEntry) -> None:
-        self._used -= entry.size
 
     def write(self, entry: BlockEntry, data: Any) -> None:
         """Nothing is kept."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kvstore.index import BlockEntry
-from kvstore.tiers.base import CorruptBlock, Tier, as_buffer
+from kvstore.tiers.base import ByteBudgetTier, CorruptBlock, as_buffer
 
 log = logging.getLogger(__name__)
 
@@ -28,29 +28,16 @@ VERSION = 1
 HEADER = struct.Struct("<4sBHBBIQI")
 
 
-class DiskTier(Tier):
-    name = "disk"
-
+class DiskTier(ByteBudgetTier):
     def __init__(self, root: Path, capacity: int, fsync: bool = False) -> None:
+        super().__init__("disk", capacity)
         self.root = Path(root) / "blocks"
         self.root.mkdir(parents=True, exist_ok=True)
-        self.capacity = capacity
         self.device = str(self.root)
         self.fsync = fsync
-        self._used = 0
-
-    @property
-    def used(self) -> int:
-        return self._used
-
-    def allocate(self, entry: BlockEntry) -> bool:
-        if self._used + entry.size > self.capacity:
-            return False
-        self._used += entry.size
-        return True
 
     def free(self, entry: BlockEntry) -> None:
-        self._used -= entry.size
+        super().free(entry)
         self.path(entry.namespace, entry.key).unlink(missing_ok=True)
 
     def path(self, namespace: str, key: bytes) -> Path:
