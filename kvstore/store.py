@@ -311,7 +311,8 @@ class Store:
         return result
 
     def lookup(self, namespace: str, keys: Sequence[bytes], session: str | None = None) -> PrefixMatch:
-        """Longest stored prefix of the chain; with a session, the session now references it."""
+        """Longest stored prefix of the chain. With a session (a request starting), the session now
+        references exactly that prefix; the blocks it puts next join it."""
         self.namespace(namespace)
         self._check_keys(keys)
         with self.lock:
@@ -319,10 +320,19 @@ class Store:
             self.lookups += 1
             self.lookup_hit_blocks += match.blocks
             if session:
-                active = self._active_session(session, namespace, self.clock.now())
-                for entry in match.entries:
-                    self.sessions.ref(entry, active)
+                self._rebind(self._active_session(session, namespace, self.clock.now()), match.entries)
             return match
+
+    def _rebind(self, session: Session, chain: list[BlockEntry]) -> None:
+        """A request starts: the session now references exactly this chain. Blocks of chains it
+        left behind (agents rewrite and compact their context) lose its reference, so they are no
+        longer prefetched with it or kept for it."""
+        keep = set(chain)
+        for blocks in list(session.tiers.values()):
+            for entry in [e for e in blocks if e not in keep]:
+                self.sessions.unref(entry, session)
+        for entry in chain:
+            self.sessions.ref(entry, session)
 
     def _active_session(self, session_id: str, namespace: str, now: float) -> Session:
         """The session a data-path call names (opened on first use): it is active now, a person

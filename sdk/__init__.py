@@ -3,7 +3,7 @@
 from kvstore.sdk.agent import AgentSession, AsyncAgentSession, Fanout, HintSender
 from kvstore.sdk.async_client import AsyncClient
 from kvstore.sdk.client import Client
-from kvstore.sdk.core import DEFAULT_ADDRESS, LookupResult, NamespaceInfo
+from kvstore.sdk.core import DEFAULT_ADDRESS, LookupResult, NamespaceInfo, StoredBlock
 
 from kvstore.errors import (
     FailedPrecondition,
@@ -29,5 +29,6 @@ __all__ = [
     "NamespaceInfo",
     "NotFound",
     "ResourceExhausted",
+    "StoredBlock",
     "Unavailable",
 ]

@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 from kvstore.sdk import core
-from kvstore.sdk.core import LookupResult, NamespaceInfo
+from kvstore.sdk.core import LookupResult, NamespaceInfo, StoredBlock
 
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
@@ -61,8 +61,9 @@ class AsyncClient:
         parent: bytes | None = None,
         session: str | None = None,
         pin: bool = False,
+        metas: Sequence[bytes] | None = None,
     ) -> list[str]:
-        requests = list(core.put_requests(namespace, keys, blocks, parent, session, pin))
+        requests = list(core.put_requests(namespace, keys, blocks, parent, session, pin, metas))
         return list((await self._call(self._kv.Put, iter(requests))).tiers)
 
     async def get(
@@ -71,6 +72,15 @@ class AsyncClient:
         call = self._kv.Get(core.get_request(namespace, keys, session, stop_at_miss), timeout=self.timeout)
         try:
             return core.fill_misses(keys, [reply async for reply in call])
+        except grpc.RpcError as exc:
+            raise core.translate(exc) from None
+
+    async def fetch(
+        self, namespace: str, keys: Sequence[bytes], *, session: str | None = None, stop_at_miss: bool = False
+    ) -> list[StoredBlock | None]:
+        call = self._kv.Get(core.get_request(namespace, keys, session, stop_at_miss), timeout=self.timeout)
+        try:
+            return core.stored_blocks(keys, [reply async for reply in call])
         except grpc.RpcError as exc:
             raise core.translate(exc) from None
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 from kvstore.sdk import core
-from kvstore.sdk.core import LookupResult, NamespaceInfo
+from kvstore.sdk.core import LookupResult, NamespaceInfo, StoredBlock
 
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
@@ -70,9 +70,11 @@ class Client:
         parent: bytes | None = None,
         session: str | None = None,
         pin: bool = False,
+        metas: Sequence[bytes] | None = None,
     ) -> list[str]:
-        """Store a chain of blocks; returns the tier each landed in."""
-        requests = core.put_requests(namespace, keys, blocks, parent, session, pin)
+        """Store a chain of blocks; returns the tier each landed in. `metas`: opaque bytes kept with
+        each block (returned by `fetch`) instead of the SDK's tensor description."""
+        requests = core.put_requests(namespace, keys, blocks, parent, session, pin, metas)
         return list(self._call(self._kv.Put, requests).tiers)
 
     def get(
@@ -82,6 +84,16 @@ class Client:
         replies = self._call(self._kv.Get, core.get_request(namespace, keys, session, stop_at_miss))
         try:
             return core.fill_misses(keys, list(replies))
+        except grpc.RpcError as exc:
+            raise core.translate(exc) from None
+
+    def fetch(
+        self, namespace: str, keys: Sequence[bytes], *, session: str | None = None, stop_at_miss: bool = False
+    ) -> list[StoredBlock | None]:
+        """Blocks as stored (bytes, meta, tier) in key order; None where not stored."""
+        replies = self._call(self._kv.Get, core.get_request(namespace, keys, session, stop_at_miss))
+        try:
+            return core.stored_blocks(keys, list(replies))
         except grpc.RpcError as exc:
             raise core.translate(exc) from None
 

@@ -77,6 +77,15 @@ def translate(exc: grpc.RpcError) -> errors.KVStoreError:
     return err
 
 
+@dataclass(frozen=True)
+class StoredBlock:
+    """A block as stored: its bytes, the opaque meta it was put with, and the tier it came from."""
+
+    data: bytes
+    meta: bytes
+    tier: str
+
+
 def put_requests(
     namespace: str,
     keys: Sequence[bytes],
@@ -84,13 +93,19 @@ def put_requests(
     parent: bytes | None,
     session: str | None,
     pin: bool,
+    metas: Sequence[bytes] | None = None,
 ) -> Iterator[pb.PutRequest]:
-    """One request per block; each block's parent is the previous key of the chain."""
-    if len(keys) != len(blocks):
-        raise ValueError(f"{len(keys)} keys but {len(blocks)} blocks")
+    """One request per block; each block's parent is the previous key of the chain. `metas`, when
+    given, is kept with each block instead of the SDK's tensor description."""
+    if len(keys) != len(blocks) or (metas is not None and len(metas) != len(keys)):
+        raise ValueError(
+            f"{len(keys)} keys, {len(blocks)} blocks, {len(metas or keys)} metas: they must match"
+        )
     prev = parent or b""
-    for key, block in zip(keys, blocks, strict=True):
+    for i, (key, block) in enumerate(zip(keys, blocks, strict=True)):
         data, meta = tensors.encode(block)
+        if metas is not None:
+            meta = metas[i]
         yield pb.PutRequest(
             namespace=namespace, key=key, parent=prev, data=data, meta=meta, session=session or "", pin=pin
         )
@@ -107,6 +122,11 @@ def get_request(
 
 def get_result(reply: pb.GetResponse) -> Any:
     return tensors.decode(reply.data, reply.meta) if reply.found else None
+
+
+def stored_blocks(keys: Sequence[bytes], found: Iterable[pb.GetResponse]) -> list[StoredBlock | None]:
+    out: list[StoredBlock | None] = [StoredBlock(r.data, r.meta, r.tier) if r.found else None for r in found]
+    return out + [None] * (len(keys) - len(out))
 
 
 def fill_misses(keys: Sequence[bytes], found: Iterable[pb.GetResponse]) -> list[Any]:

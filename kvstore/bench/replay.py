@@ -297,7 +297,7 @@ class Replay:
         stored = promotion.blocks
         for src, nbytes in promotion.moved.items():
             stall += nbytes / store.link_bandwidth(src, top)
-        parents = [keys[stored - 1] if stored else None, *keys[stored:-1]]
+        parents = [keys[stored - 1] if stored else None, *keys[stored:-1]][: len(keys) - stored]
         placed = store.put(
             [
                 PutBlock(ns, k, self.zero[block_tokens], p, session=sim.sid, pin=True)

@@ -1,0 +1,180 @@
+"""LMCache (the real package, CPU build) storing and loading its chunks through a real kvstore
+server via our remote-storage plugin, driven through LMCache's own RemoteBackend."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+import yaml
+
+lmcache = pytest.importorskip(
+    "lmcache", reason="the lmcache extra is not installed (pip install -e '.[lmcache]')"
+)
+
+from lmcache.utils import CacheEngineKey  # noqa: E402
+from lmcache.v1.config import LMCacheEngineConfig  # noqa: E402
+from lmcache.v1.metadata import LMCacheMetadata  # noqa: E402
+from lmcache.v1.storage_backend.local_cpu_backend import LocalCPUBackend  # noqa: E402
+from lmcache.v1.storage_backend.remote_backend import RemoteBackend  # noqa: E402
+
+from kvstore.server.process import ServerProcess  # noqa: E402
+from kvstore.v1 import kvstore_pb2 as pb  # noqa: E402
+from kvstore.v1 import kvstore_pb2_grpc as pb_grpc  # noqa: E402
+
+CHUNK = 256
+SHAPE = (2, 2, CHUNK, 8, 128)  # layers, K/V, tokens, heads, head dim
+CHUNK_BYTES = 2 * 2 * CHUNK * 8 * 128 * 2  # bf16
+
+
+class LMCacheSide:
+    """LMCache's CPU buffer and remote backend, configured to use the kvstore plugin."""
+
+    def __init__(self, address: str, namespace: str = "lmcache", timeout_s: float = 1.0) -> None:
+        config = LMCacheEngineConfig.from_defaults(
+            chunk_size=CHUNK,
+            local_cpu=False,
+            max_local_cpu_size=0.2,
+            remote_storage_plugins=["kvstore"],
+            extra_config={
+                "remote_storage_plugin.kvstore.module_path": "kvstore.integrations.lmcache.connector",
+                "remote_storage_plugin.kvstore.class_name": "KVStoreConnector",
+                "remote_storage_plugin.kvstore.address": address,
+                "remote_storage_plugin.kvstore.namespace": namespace,
+                "remote_storage_plugin.kvstore.timeout_s": timeout_s,
+            },
+        )
+        self.metadata = LMCacheMetadata("test-model", 1, 1, 0, 0, torch.bfloat16, SHAPE, chunk_size=CHUNK)
+        self.local = LocalCPUBackend(config, self.metadata, dst_device="cpu")
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.backend = RemoteBackend(
+            config, self.metadata, self.loop, self.local, "cpu", plugin_name="kvstore"
+        )
+
+    def chunk(self, seed: int) -> tuple[object, bytes]:
+        obj = self.local.allocate(self.metadata.get_shapes(), self.metadata.get_dtypes(), None)
+        generator = torch.Generator().manual_seed(seed)
+        obj.tensor.copy_(torch.randn(obj.tensor.shape, generator=generator).to(obj.tensor.dtype))
+        return obj, bytes(obj.byte_array)
+
+    def put(self, key: CacheEngineKey, obj: object) -> None:
+        self.backend.submit_put_task(key, obj)
+        deadline = time.monotonic() + 10
+        while self.backend.exists_in_put_tasks(key) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+def key(chunk_hash: int, session: str | None = None) -> CacheEngineKey:
+    k = CacheEngineKey(
+        "test-model",
+        1,
+        0,
+        chunk_hash,
+        torch.bfloat16,
+        request_configs={"lmcache.tag.session_id": session} if session else None,
+    )
+    return k
+
+
+@pytest.fixture
+def kvstore_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    config = tmp_path / "kvstore.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "dram": {"capacity": "128MiB"},
+                "disk": {"capacity": "256MiB"},
+                "namespaces": [
+                    {
+                        "name": "lmcache",
+                        "model": "test-model",
+                        "block_tokens": CHUNK,
+                        "block_bytes": CHUNK_BYTES,
+                    },
+                    {"name": "small", "model": "test-model", "block_tokens": 16, "block_bytes": 4096},
+                ],
+            }
+        )
+    )
+    with ServerProcess(tmp_path / "data", config=config) as server:
+        yield server
+
+
+@pytest.fixture
+def side(kvstore_server: ServerProcess) -> Iterator[LMCacheSide]:
+    s = LMCacheSide(kvstore_server.address)
+    yield s
+    s.close()
+
+
+def test_chunks_round_trip_byte_identical(side: LMCacheSide) -> None:
+    stored = {}
+    for i in range(4):
+        obj, raw = side.chunk(seed=i)
+        side.put(key(1000 + i), obj)
+        stored[1000 + i] = (raw, obj.get_shapes(), obj.get_dtypes())
+    for chunk_hash, (raw, shapes, dtypes) in stored.items():
+        got = side.backend.get_blocking(key(chunk_hash))
+        assert got is not None
+        assert bytes(got.byte_array) == raw
+        assert got.get_shapes() == shapes and got.get_dtypes() == dtypes
+
+
+def test_exists_answers_match_what_is_stored(side: LMCacheSide, kvstore_server: ServerProcess) -> None:
+    obj, _ = side.chunk(seed=7)
+    side.put(key(7), obj)
+    assert side.backend.contains(key(7))
+    assert not side.backend.contains(key(8))
+    with grpc.insecure_channel(kvstore_server.address) as channel:
+        stats = pb_grpc.AdminStub(channel).Stats(pb.StatsRequest())
+    assert stats.blocks == 1 and stats.tiers[0].used_bytes >= CHUNK_BYTES
+
+
+def test_a_session_tag_attaches_the_chunks_to_a_kvstore_session(
+    side: LMCacheSide, kvstore_server: ServerProcess
+) -> None:
+    obj, _ = side.chunk(seed=3)
+    side.put(key(33, session="agent-1"), obj)
+    with grpc.insecure_channel(kvstore_server.address) as channel:
+        sessions = pb_grpc.AdminStub(channel).ListSessions(pb.ListSessionsRequest()).sessions
+    assert [(s.session, s.blocks) for s in sessions] == [("agent-1", 1)]
+
+
+def test_a_stopped_kvstore_makes_lmcache_miss_not_fail(
+    side: LMCacheSide, kvstore_server: ServerProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    obj, _ = side.chunk(seed=1)
+    side.put(key(1), obj)
+    kvstore_server.terminate()
+    started = time.monotonic()
+    assert not side.backend.contains(key(1))
+    assert side.backend.get_blocking(key(1)) is None
+    other, _ = side.chunk(seed=2)
+    side.put(key(2), other)  # dropped, with a log line, no exception
+    assert time.monotonic() - started < 10  # every call is bounded by the plugin's timeout
+    assert "LMCache carries on with misses" in caplog.text and "UNAVAILABLE" in caplog.text
+
+
+def test_a_namespace_with_blocks_smaller_than_a_chunk_is_refused_clearly(
+    kvstore_server: ServerProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    side = LMCacheSide(kvstore_server.address, namespace="small")
+    try:
+        obj, _ = side.chunk(seed=5)
+        side.put(key(5), obj)
+        assert not side.backend.contains(key(5))
+        assert f"set block_bytes: {CHUNK_BYTES}" in caplog.text
+    finally:
+        side.close()
