@@ -472,8 +472,9 @@ class Store:
             self._pinned_blocks[entry.tier] += 1
         self.counters[from_tier].moves_out += 1
         self.counters[entry.tier].moves_in += 1
+        wasted = self.sessions.on_move(entry, from_tier)  # sessions first: the policy reads their bytes
         self.policy.on_move(entry, from_tier)
-        self._count_wasted(entry, self.sessions.on_move(entry, from_tier))
+        self._count_wasted(entry, wasted)
         return True
 
     def _read(self, entry: BlockEntry) -> bytes | None:

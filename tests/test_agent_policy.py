@@ -287,3 +287,27 @@ def test_bad_hints_get_clear_errors_and_change_nothing(tmp_path: Path) -> None:
     assert after == before
     assert set(store.sessions.sessions) == {"A"}
     hints.end_tool_call(plan.call_id)
+
+
+def test_a_prefetch_starts_earlier_when_the_blocks_went_down_to_disk(tmp_path: Path) -> None:
+    config = AgentConfig(prefetch_margin_s=MARGIN)
+    store = Store(
+        [MemoryTier("hbm", 8 * BLOCK, "cpu"), MemoryTier("dram", 2 * BLOCK), MemoryTier("disk", 64 * BLOCK)],
+        [NS],
+        AgentPolicy(config),
+        VirtualClock(),
+        sessions=SessionRegistry(ToolDurations(None, 0.25, 10.0)),
+        link_bandwidths={("dram", "hbm"): LINK, ("disk", "hbm"): LINK / 8},
+    )
+    hints = Hints(store)
+    hints.open_session("A", "t")
+    put(store, "A", *A)
+    hints.begin_tool_call("A", "pytest", expected_s=30.0)
+    planned = store.sessions.sessions["A"].prefetch.scheduled_at
+    assert planned == pytest.approx(30.0 - (1.0 + MARGIN))  # all of A is in HBM: 4 blocks over the DRAM link
+    store.evict(tier="hbm", nbytes=4 * BLOCK)  # A goes down; DRAM holds 2, so 2 land on the slow tier
+    assert tiers(store, *A).count("disk") == 2
+    replanned = store.sessions.sessions["A"].prefetch.scheduled_at
+    assert replanned == pytest.approx(30.0 - (2 * BLOCK / LINK + 2 * BLOCK / (LINK / 8) + MARGIN))
+    run_until(store, replanned)
+    assert tiers(store, *A) == ["hbm"] * 4

@@ -21,6 +21,7 @@ from kvstore.policy.lru import LRUPolicy
 from kvstore.sessions import Session, State
 
 URGENT, PREFETCH, OVERRUN, OFFLOAD = 0, 5, 20, 30  # job priorities: lower runs first
+REPLAN_MIN_S = 0.05  # move a planned prefetch earlier only when it gains at least this much
 
 
 @dataclass(slots=True)
@@ -56,14 +57,20 @@ class AgentPolicy(LRUPolicy):
         return best
 
     def lead(self, session: Session) -> float:
-        """Seconds to bring the whole session back to the top tier over the link from the tier
-        below it (measured where moves were timed), plus the margin."""
+        """Seconds to bring the whole session back to the top tier, plus the margin: bytes on the
+        bottom tier over its link, everything else over the link from the tier below the top
+        (links measured where moves were timed)."""
         tiers = self.store.tiers
-        src = tiers[1].name if len(tiers) > 1 else tiers[0].name
-        return (
-            session.total_bytes / self.store.link_bandwidth(src, tiers[0].name)
-            + self.config.prefetch_margin_s
-        )
+        top = tiers[0].name
+        if len(tiers) == 1:
+            return self.config.prefetch_margin_s
+        bottom = tiers[-1].name
+        on_bottom = session.bytes_per_tier.get(bottom, 0) if len(tiers) > 2 else 0
+        rest = session.total_bytes - on_bottom
+        seconds = rest / self.store.link_bandwidth(tiers[1].name, top)
+        if on_bottom:
+            seconds += on_bottom / self.store.link_bandwidth(bottom, top)
+        return seconds + self.config.prefetch_margin_s
 
     # ------------------------------------------------------------------ victims
 
@@ -160,6 +167,28 @@ class AgentPolicy(LRUPolicy):
         self._orphans_of(from_tier).pop(entry, None)
         if not entry.sessions and not entry.pins:
             self._orphans_of(entry.tier)[entry] = None
+        if entry.sessions and entry.tier == self.store.tiers[-1].name and len(self.store.tiers) > 2:
+            self._replan(entry)
+
+    def _replan(self, entry: BlockEntry) -> None:
+        """A block of a session in a tool call went down to the slow bottom tier: its prefetch now
+        takes longer, so start it earlier than planned."""
+        now = self.store.clock.now()
+        for sid in entry.sessions or ():
+            session = self.store.sessions.sessions[sid]
+            call, planned = session.tool, session.prefetch.scheduled_at
+            if session.state is not State.IN_TOOL or call is None or session.overdue or planned is None:
+                continue
+            start = max(now, call.expected_end - self.lead(session))
+            if start < planned - REPLAN_MIN_S and session.prefetch.status == "scheduled":
+                session.prefetch.scheduled_at = start
+                call_id = call.call_id
+                self.store.mover.schedule(
+                    lambda s=session, c=call_id: self.store.prefetch(s, c),
+                    start,
+                    PREFETCH,
+                    f"prefetch (replanned) {sid}",
+                )
 
     def on_pin(self, entry: BlockEntry) -> None:
         super().on_pin(entry)
