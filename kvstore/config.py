@@ -67,6 +67,9 @@ class AgentConfig(BaseModel):
     learned_quantile: float = Field(
         0.25, ge=0, le=1, description="quantile of past durations used as expected"
     )
+    announced_quantile: float = Field(
+        0.1, ge=0, le=1, description="plan with this quantile of actual/announced durations seen per tool"
+    )
     overrun_grace_s: float = Field(2.0, ge=0, le=86400)
     overrun_grace_fraction: float = Field(
         0.5, ge=0, le=100, description="grace = max(overrun_grace_s, fraction x expected)"

@@ -119,9 +119,12 @@ class Hints:
             if call_id in self.registry.calls:
                 raise FailedPrecondition(f"call_id {call_id!r} is already in use")
             now = self.store.clock.now()
-            expected = expected_s if expected_s is not None else self.registry.durations.expected(tool_name)
+            durations = self.registry.durations
+            announced = expected_s is not None
+            expected = expected_s if announced else durations.expected(tool_name)
+            planned = expected * durations.planning_factor(tool_name) if announced else expected
             session.state, session.overdue = State.IN_TOOL, False
-            session.tool = ToolCall(call_id, tool_name, now, expected)
+            session.tool = ToolCall(call_id, tool_name, now, expected, planned, announced)
             session.last_active = now
             self.registry.calls[call_id] = session
             self.registry.count_hint("begin_tool")
@@ -141,7 +144,9 @@ class Hints:
                 raise NotFound(f"no open tool call {call_id!r} (already ended, or never begun)")
             now = self.store.clock.now()
             call = session.tool
-            self.registry.durations.record(call.tool_name, now - call.started)
+            self.registry.durations.record(
+                call.tool_name, now - call.started, call.expected_s if call.announced else None
+            )
             del self.registry.calls[call_id]
             session.state, session.tool, session.overdue = State.RUNNING, None, False
             session.last_active = now

@@ -23,6 +23,7 @@ from kvstore.index import BlockEntry
 log = logging.getLogger(__name__)
 
 HISTORY = 256  # completed calls remembered per tool name
+MIN_RATIOS = 5  # announced calls seen before their error is trusted
 
 
 class State(str, enum.Enum):
@@ -37,11 +38,17 @@ class ToolCall:
     call_id: str
     tool_name: str
     started: float
-    expected_s: float
+    expected_s: float  # as announced (or learned, when the caller gave none)
+    planned_s: float  # what placement plans with: shorter when this tool's announcements run long
+    announced: bool = True
 
     @property
     def expected_end(self) -> float:
         return self.started + self.expected_s
+
+    @property
+    def planned_end(self) -> float:
+        return self.started + self.planned_s
 
 
 @dataclass(slots=True)
@@ -95,44 +102,72 @@ class Session:
         if self.state is State.RUNNING:
             return now if now - self.last_active < running_idle_s else None
         if self.state is State.IN_TOOL and self.tool is not None and not self.overdue:
-            return self.tool.expected_end
+            return self.tool.planned_end
         if self.state in (State.IN_TOOL, State.AWAITING_USER):
             return math.inf
         return None
 
 
 class ToolDurations:
-    """Durations of completed tool calls per tool name; expected = a low quantile of the history,
-    so a prefetch is early rather than late. Saved as JSON so the table survives a restart."""
+    """What past tool calls teach, per tool name, saved as JSON so it survives a restart:
+    - durations of calls announced without one: expected = a low quantile of the history;
+    - for announced calls, actual / announced: placement plans with a low quantile of that ratio
+      times the announcement, so a prefetch is early rather than late when callers guess long."""
 
-    def __init__(self, path: Path | None, quantile: float, default_s: float) -> None:
+    def __init__(
+        self, path: Path | None, quantile: float, default_s: float, ratio_quantile: float = 0.1
+    ) -> None:
         self.path = path
         self.quantile = quantile
+        self.ratio_quantile = ratio_quantile
         self.default_s = default_s
         self.history: dict[str, deque[float]] = {}
+        self.ratios: dict[str, deque[float]] = {}
         if path is not None and path.exists():
             try:
                 saved = json.loads(path.read_text())
-                self.history = {k: deque(map(float, v), maxlen=HISTORY) for k, v in saved.items()}
-            except (OSError, ValueError, TypeError) as exc:
+                self.history = {
+                    k: deque(map(float, v), maxlen=HISTORY) for k, v in saved["durations"].items()
+                }
+                self.ratios = {k: deque(map(float, v), maxlen=HISTORY) for k, v in saved["ratios"].items()}
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
                 log.warning("ignoring unreadable tool duration table %s: %s", path, exc)
+
+    @staticmethod
+    def _low(values: deque[float], quantile: float) -> float:
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(quantile * len(ordered)))]
 
     def expected(self, tool_name: str) -> float:
         past = self.history.get(tool_name)
-        if not past:
-            return self.default_s
-        ordered = sorted(past)
-        return ordered[min(len(ordered) - 1, int(self.quantile * len(ordered)))]
+        return self._low(past, self.quantile) if past else self.default_s
 
-    def record(self, tool_name: str, seconds: float) -> None:
-        self.history.setdefault(tool_name, deque(maxlen=HISTORY)).append(seconds)
+    def planning_factor(self, tool_name: str) -> float:
+        """How much of an announced duration to plan with (never more than all of it)."""
+        past = self.ratios.get(tool_name)
+        if not past or len(past) < MIN_RATIOS:
+            return 1.0
+        return min(1.0, self._low(past, self.ratio_quantile))
+
+    def record(self, tool_name: str, seconds: float, announced_s: float | None = None) -> None:
+        if announced_s is None:
+            self.history.setdefault(tool_name, deque(maxlen=HISTORY)).append(seconds)
+        elif announced_s > 0:
+            self.ratios.setdefault(tool_name, deque(maxlen=HISTORY)).append(seconds / announced_s)
         self.save()
 
     def save(self) -> None:
         if self.path is None:
             return
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({k: list(v) for k, v in self.history.items()}))
+        tmp.write_text(
+            json.dumps(
+                {
+                    "durations": {k: list(v) for k, v in self.history.items()},
+                    "ratios": {k: list(v) for k, v in self.ratios.items()},
+                }
+            )
+        )
         os.replace(tmp, self.path)
 
 

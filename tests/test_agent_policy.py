@@ -311,3 +311,22 @@ def test_a_prefetch_starts_earlier_when_the_blocks_went_down_to_disk(tmp_path: P
     assert replanned == pytest.approx(30.0 - (2 * BLOCK / LINK + 2 * BLOCK / (LINK / 8) + MARGIN))
     run_until(store, replanned)
     assert tiers(store, *A) == ["hbm"] * 4
+
+
+def test_announcements_that_run_long_are_planned_shorter_and_the_lesson_survives_a_restart(
+    tmp_path: Path,
+) -> None:
+    store, hints = make(tmp_path)
+    hints.open_session("A", "t")
+    put(store, "A", *A)
+    for _ in range(6):  # the framework keeps announcing 20 s; the tool keeps taking 10 s
+        plan = hints.begin_tool_call("A", "pytest", expected_s=20.0)
+        run_until(store, store.clock.now() + 10.0)
+        hints.end_tool_call(plan.call_id)
+    started = store.clock.now()
+    plan = hints.begin_tool_call("A", "pytest", expected_s=20.0)
+    assert plan.expected_s == 20.0  # what the caller said is kept and shown as is
+    lead = 4 * BLOCK / LINK + MARGIN
+    assert store.sessions.sessions["A"].prefetch.scheduled_at == pytest.approx(started + 10.0 - lead)
+    assert ToolDurations(tmp_path / "tools.json", 0.25, 10.0).planning_factor("pytest") == pytest.approx(0.5)
+    assert store.sessions.durations.planning_factor("never-announced") == 1.0

@@ -85,12 +85,13 @@ class Tally:
 
 def make_store(policy: str, scenario: Scenario, namespaces: list[Namespace]) -> Store:
     """The store a policy runs on: `lru` and `recompute` keep KV in HBM only; the others tier it."""
+    agent = AgentConfig(prefetch_margin_s=scenario.prefetch_margin_s)
     tiers = [CountingTier("hbm", int(scenario.hbm))]
     if policy not in ("lru", "recompute"):
         tiers += [CountingTier("dram", int(scenario.dram)), CountingTier("disk", int(scenario.disk))]
     chosen: Policy
     if policy in ("agent", "oracle"):
-        chosen = AgentPolicy(AgentConfig(prefetch_margin_s=scenario.prefetch_margin_s))
+        chosen = AgentPolicy(agent)
     elif policy == "ttl":
         chosen = TTLPolicy(scenario.ttl_s)
     elif policy in ("recompute", "lru", "lru-offload"):
@@ -102,7 +103,9 @@ def make_store(policy: str, scenario: Scenario, namespaces: list[Namespace]) -> 
         namespaces,
         chosen,
         VirtualClock(),
-        sessions=SessionRegistry(ToolDurations(None, 0.25, 10.0)),
+        sessions=SessionRegistry(
+            ToolDurations(None, agent.learned_quantile, agent.default_tool_s, agent.announced_quantile)
+        ),
         link_bandwidths=scenario.link_bandwidths(),
         virtual_transfers=True,
     )

@@ -179,7 +179,7 @@ class AgentPolicy(LRUPolicy):
             call, planned = session.tool, session.prefetch.scheduled_at
             if session.state is not State.IN_TOOL or call is None or session.overdue or planned is None:
                 continue
-            start = max(now, call.expected_end - self.lead(session))
+            start = max(now, call.planned_end - self.lead(session))
             if start < planned - REPLAN_MIN_S and session.prefetch.status == "scheduled":
                 session.prefetch.scheduled_at = start
                 call_id = call.call_id
@@ -215,7 +215,7 @@ class AgentPolicy(LRUPolicy):
         store, now = self.store, self.store.clock.now()
         if event == "begin_tool" and session.tool is not None:
             call = session.tool
-            start = max(now, call.expected_end - self.lead(session))
+            start = max(now, call.planned_end - self.lead(session))
             session.prefetch.status, session.prefetch.scheduled_at = "scheduled", start
             store.mover.schedule(
                 lambda: store.prefetch(session, call.call_id), start, PREFETCH, f"prefetch {session.id}"

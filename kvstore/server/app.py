@@ -37,7 +37,10 @@ def build_store(settings: Settings) -> Store:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     agent = settings.agent
     durations = ToolDurations(
-        settings.data_dir / "tool_durations.json", agent.learned_quantile, agent.default_tool_s
+        settings.data_dir / "tool_durations.json",
+        agent.learned_quantile,
+        agent.default_tool_s,
+        agent.announced_quantile,
     )
     store = Store(
         build_tiers(settings),
