@@ -190,6 +190,12 @@ class Store:
             entries.append(entry)
         return entries
 
+    @staticmethod
+    def _require_movable(entries: Sequence[BlockEntry]) -> None:
+        busy = next((e for e in entries if not e.movable), None)
+        if busy is not None:
+            raise FailedPrecondition(f"block {busy.key.hex()} is pinned or being moved; unpin it first")
+
     # ------------------------------------------------------------------ data path
 
     def put(self, blocks: Sequence[PutBlock]) -> list[str]:
@@ -350,11 +356,7 @@ class Store:
         self._check_keys(keys)
         with self.lock:
             entries = [e for e in (self.index.get(namespace, k) for k in keys) if e is not None]
-            busy = [e for e in entries if not e.movable]
-            if busy:
-                raise FailedPrecondition(
-                    f"block {busy[0].key.hex()} is pinned or being moved; unpin it first"
-                )
+            self._require_movable(entries)
             for entry in dict.fromkeys(entries):
                 self._drop(entry, count=False)
             return len(set(entries))
@@ -394,9 +396,7 @@ class Store:
         if keys:
             with self.lock:
                 entries = self._entries(namespace, keys)
-                busy = [e for e in entries if not e.movable]
-                if busy:
-                    raise FailedPrecondition(f"block {busy[0].key.hex()} is pinned or being moved")
+                self._require_movable(entries)
                 moved = 0
                 for entry in dict.fromkeys(entries):
                     self._evict_one(entry, drop)

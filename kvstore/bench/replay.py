@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from kvstore.bench.report import percentile
 from kvstore.bench.scenario import Scenario
 from kvstore.bench.traces import Request, Trace, TraceSession
 from kvstore.clock import VirtualClock
@@ -46,11 +47,9 @@ class ScenarioError(ValueError):
     """The scenario cannot run these traces (the message says what to change)."""
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+def _percentile(values: list[float], q: float) -> float | None:
+    """None when there is nothing to measure (no resumes, say), rather than NaN in the JSON."""
+    return percentile(values, q) if values else None
 
 
 @dataclass(eq=False)
@@ -239,11 +238,7 @@ class Replay:
         keys = self._keys(sim, request, salted=False)
         session = self.store.sessions.sessions[sim.sid]
         if sim.next_index > 0:  # a resume: measure it as it arrives, before the hint lands
-            reusable = 0
-            for key in keys:
-                if key not in self.computed:
-                    break
-                reusable += 1
+            reusable = self._computed_prefix(keys)
             match = self.store.index.longest_prefix(sim.namespace, keys[:reusable])
             in_flight = session.prefetch.done_at is not None and session.prefetch.done_at > now
             if sim.prefetch_planned:
@@ -264,6 +259,13 @@ class Replay:
         sim.prefetch_planned = False
         self.waiting.append((sim, now))
         self._start_waiting()
+
+    def _computed_prefix(self, keys: list[bytes]) -> int:
+        """Blocks of the chain's longest prefix that some earlier request computed (reusable)."""
+        for i, key in enumerate(keys):
+            if key not in self.computed:
+                return i
+        return len(keys)
 
     def _fits(self, keys: list[bytes], namespace: str) -> bool:
         block_bytes = self.store.namespaces[namespace].block_bytes
@@ -309,11 +311,7 @@ class Replay:
         )
         pinned = keys[:stored] + [k for k, tier in zip(keys[stored:], placed, strict=True) if tier]
         reusable_keys = keys if self.policy != "recompute" else self._keys(sim, request, salted=False)
-        reusable = 0
-        for key in reusable_keys:
-            if key not in self.computed:
-                break
-            reusable += 1
+        reusable = self._computed_prefix(reusable_keys)
         self.computed.update(reusable_keys)
         prefilled = request.in_tokens - min(request.in_tokens, stored * block_tokens)
         prefill_s = prefilled / self.scenario.prefill_tps
@@ -383,10 +381,10 @@ class Replay:
             "resumed_requests": t.resumed,
             "warm_resume_rate": t.warm / t.resumed if t.resumed else None,
             "prefill_amplification": t.prefilled_tokens / t.new_tokens if t.new_tokens else None,
-            "resume_ttft_p50": percentile(t.resume_ttft, 50),
-            "resume_ttft_p99": percentile(t.resume_ttft, 99),
-            "first_ttft_p50": percentile(t.first_ttft, 50),
-            "first_ttft_p99": percentile(t.first_ttft, 99),
+            "resume_ttft_p50": _percentile(t.resume_ttft, 50),
+            "resume_ttft_p99": _percentile(t.resume_ttft, 99),
+            "first_ttft_p50": _percentile(t.first_ttft, 50),
+            "first_ttft_p99": _percentile(t.first_ttft, 99),
             "bytes_moved_per_reused_byte": moved / t.reused_bytes if t.reused_bytes else None,
             "prefetch_precision": 1 - pf["wasted"] / pf["moved"] if pf["moved"] else None,
             "prefetch_late_rate": t.late_resumes / t.prefetched_resumes if t.prefetched_resumes else None,

@@ -50,7 +50,3 @@ class LRUPolicy(Policy):
             if entry.movable:
                 return entry
         return None
-
-    def lru_order(self, tier: str) -> list[BlockEntry]:
-        """Unpinned blocks of `tier`, least recently used first."""
-        return list(self._tier(tier))

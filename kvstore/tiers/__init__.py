@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from kvstore.config import Settings
-from kvstore.tiers.base import TIER_ORDER, CorruptBlock, Tier
+from kvstore.tiers.base import CorruptBlock, Tier
 from kvstore.tiers.disk import DiskTier
 from kvstore.tiers.memory import MemoryTier, hbm_device
 
@@ -23,4 +23,4 @@ def build_tiers(settings: Settings) -> list[Tier]:
     return tiers
 
 
-__all__ = ["TIER_ORDER", "CorruptBlock", "DiskTier", "MemoryTier", "Tier", "build_tiers"]
+__all__ = ["CorruptBlock", "DiskTier", "MemoryTier", "Tier", "build_tiers"]

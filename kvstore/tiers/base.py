@@ -12,8 +12,6 @@ from typing import Any
 
 from kvstore.index import BlockEntry
 
-TIER_ORDER = ("hbm", "dram", "disk")
-
 
 class CorruptBlock(Exception):
     """The stored bytes of a block failed their checksum: the block must be dropped, not served."""
