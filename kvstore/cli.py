@@ -64,6 +64,9 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(serve(settings))
+    except ConfigError as exc:
+        print(f"kvstore: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"kvstore: {exc}", file=sys.stderr)
         return 1

@@ -49,6 +49,18 @@ class DiskConfig(BaseModel):
     fsync: bool = Field(False, description="fsync every block file (survives power loss, not just crashes)")
 
 
+class SharedMemoryConfig(BaseModel):
+    """Same-host data plane: host memory tiers live in /dev/shm and clients map them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # auto: on when /dev/shm exists and has room for the host tiers. on: refuse to start without it.
+    enabled: Literal["auto", "on", "off"] = "auto"
+    lease_ttl_s: float = Field(
+        30.0, gt=0, le=3600, description="a reserved or acquired slot is taken back after this long"
+    )
+
+
 class AgentConfig(BaseModel):
     """Knobs of the agent policy (DESIGN §4)."""
 
@@ -141,6 +153,7 @@ class Settings(BaseSettings):
     hbm: HbmConfig = HbmConfig()
     dram: DramConfig = DramConfig()
     disk: DiskConfig = DiskConfig()
+    shared_memory: SharedMemoryConfig = SharedMemoryConfig()
     agent: AgentConfig = AgentConfig()
     namespaces: list[NamespaceConfig] = Field(default_factory=_default_namespaces)
 

@@ -165,18 +165,28 @@ class Store:
                 cls._check_key(key, f"key #{i}")
 
     def validate_put(self, block: PutBlock, i: int = 0) -> None:
-        ns = self.namespace(block.namespace)
-        self._check_key(block.key, f"block #{i} key")
-        if block.parent:
-            self._check_key(block.parent, f"block #{i} parent")
-        size = len(as_buffer(block.data))
+        self.validate_header(block.namespace, block.key, block.parent, block.meta, i)
+        self.validate_size(block.namespace, len(as_buffer(block.data)), i)
+
+    def validate_size(self, namespace: str, size: int, i: int = 0) -> None:
+        ns = self.namespace(namespace)
         if size != ns.block_bytes:
             raise InvalidArgument(
                 f"block #{i} has {size} bytes; namespace {ns.name!r} stores blocks of "
                 f"exactly {ns.block_bytes} bytes ({ns.block_tokens} tokens)"
             )
-        if len(block.meta) > MAX_META_BYTES:
-            raise InvalidArgument(f"block #{i} meta is {len(block.meta)} bytes; at most {MAX_META_BYTES}")
+
+    def validate_header(
+        self, namespace: str, key: bytes, parent: bytes | None, meta: bytes, i: int = 0
+    ) -> Namespace:
+        """Everything about a block to store but its bytes; returns its namespace."""
+        ns = self.namespace(namespace)
+        self._check_key(key, f"block #{i} key")
+        if parent:
+            self._check_key(parent, f"block #{i} parent")
+        if len(meta) > MAX_META_BYTES:
+            raise InvalidArgument(f"block #{i} meta is {len(meta)} bytes; at most {MAX_META_BYTES}")
+        return ns
 
     def _entries(self, namespace: str, keys: Sequence[bytes]) -> list[BlockEntry]:
         """The entries of all `keys`, or NotFound naming the first missing one."""
@@ -222,17 +232,71 @@ class Store:
                         entries.append(None)
                         continue
                 else:
-                    entry.last_use = now
-                    self.policy.on_access(entry)
-                if b.session:
-                    self.sessions.ref(entry, self._active_session(b.session, b.namespace, now))
-                if b.pin:
-                    self._pin(entry)
+                    self._touch(entry, now)
+                self._claim(entry, b.session, b.pin, now)
                 entries.append(entry)
             # Where each block is now: a big batch may have pushed its own first blocks down or out.
             return [
                 e.tier if e is not None and self.index.get(e.namespace, e.key) is e else "" for e in entries
             ]
+
+    def _touch(self, entry: BlockEntry, now: float) -> None:
+        """A block put again: it counts as used now."""
+        entry.last_use = now
+        self.policy.on_access(entry)
+
+    def _claim(self, entry: BlockEntry, session: str | None, pin: bool, now: float) -> None:
+        """What a put asks beyond storing: the session that references the block, a pin."""
+        if session:
+            self.sessions.ref(entry, self._active_session(session, entry.namespace, now))
+        if pin:
+            self._pin(entry)
+
+    # ------------------------------------------------------------ slots written in place (leases.py)
+
+    def allocate_shared(self, entry: BlockEntry) -> bool:
+        """Room for `entry` in the fastest shared-memory tier that has some (pushing victims down),
+        for a client to write in place. The slot stays out of the index until `add_written`."""
+        with self.lock:
+            for level, tier in enumerate(self.tiers):
+                if tier.segment is None:
+                    continue
+                entry.tier = tier.name
+                if self._make_room(level, entry):
+                    return True
+            entry.tier = ""
+            return False
+
+    def free_slot(self, entry: BlockEntry) -> None:
+        """Give back a slot that was allocated but never indexed (a lease that ended uncommitted)."""
+        with self.lock:
+            self.tier_by_name[entry.tier].free(entry)
+
+    def add_written(self, entry: BlockEntry, session: str | None, pin: bool) -> BlockEntry:
+        """Index a block whose bytes a client wrote into its slot. If the key was stored meanwhile
+        (another writer), the slot is freed and the stored block counts as put again."""
+        with self.lock:
+            now = self.clock.now()
+            stored = self.index.get(entry.namespace, entry.key)
+            if stored is None:
+                entry.last_use = now
+                self._added(entry)
+                stored = entry
+            else:
+                self.tier_by_name[entry.tier].free(entry)
+                self._touch(stored, now)
+            self._claim(stored, session, pin, now)
+            return stored
+
+    def put_again(self, namespace: str, key: bytes, session: str | None, pin: bool) -> BlockEntry | None:
+        """A put of a block that is stored already: touch it (and claim it); None if it is not."""
+        with self.lock:
+            entry = self.index.get(namespace, key)
+            if entry is not None:
+                now = self.clock.now()
+                self._touch(entry, now)
+                self._claim(entry, session, pin, now)
+            return entry
 
     def _check_room(self, blocks: Sequence[PutBlock]) -> None:
         """ResourceExhausted unless the new pinned blocks, plus any one unpinned block, fit beside
@@ -272,19 +336,24 @@ class Store:
                         break
                     continue
                 results.append(GetResult(key, data, entry.meta, entry.tier))
-                self.counters[entry.tier].hits += 1
-                entry.last_use = now
-                if session:
-                    self.sessions.ref(entry, self._active_session(session, namespace, now))
-                self.policy.on_access(entry)
-                if (
-                    self.promote_on_get
-                    and entry.movable  # a pinned block stays where it was pinned
-                    and entry.tier != self.tiers[0].name
-                    and self.policy.promote_on_get(entry)
-                ):
-                    self._move_to(entry, 0, data)
+                self.served(entry, session, now, data)
         return results
+
+    def served(self, entry: BlockEntry, session: str | None, now: float, data: Any = None) -> None:
+        """Account a read of `entry` and promote it when the policy says so. `data`: its bytes,
+        when the caller has read them already (saves reading them again for the move)."""
+        self.counters[entry.tier].hits += 1
+        entry.last_use = now
+        if session:
+            self.sessions.ref(entry, self._active_session(session, entry.namespace, now))
+        self.policy.on_access(entry)
+        if (
+            self.promote_on_get
+            and entry.movable  # a pinned block stays where it was pinned
+            and entry.tier != self.tiers[0].name
+            and self.policy.promote_on_get(entry)
+        ):
+            self._move_to(entry, 0, data)
 
     def promote(
         self, namespace: str, keys: Sequence[bytes], session: str | None = None, pin: bool = False

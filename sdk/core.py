@@ -6,12 +6,13 @@ model), so everything that is not waiting lives here.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from kvstore.sdk import tensors
+from kvstore.sdk import shm, tensors
 
 from kvstore import errors
 from kvstore.hashing import chain_keys
@@ -81,35 +82,146 @@ def translate(exc: grpc.RpcError) -> errors.KVStoreError:
 class StoredBlock:
     """A block as stored: its bytes, the opaque meta it was put with, and the tier it came from."""
 
-    data: bytes
+    data: Any  # bytes (bytearray for a tensor's bytes read from shared memory), or the caller's buffer
     meta: bytes
     tier: str
 
 
-def put_requests(
-    namespace: str,
+@dataclass(frozen=True)
+class ChainBlock:
+    """A block to put, with its parent made explicit (so any subset can be sent on its own)."""
+
+    key: bytes
+    parent: bytes
+    data: Any  # the caller's block (bytes-like or tensor)
+    meta: bytes | None  # None: the SDK's tensor description
+
+
+def chain_blocks(
     keys: Sequence[bytes],
     blocks: Sequence[Any],
     parent: bytes | None,
-    session: str | None,
-    pin: bool,
     metas: Sequence[bytes] | None = None,
-) -> Iterator[pb.PutRequest]:
-    """One request per block; each block's parent is the previous key of the chain. `metas`, when
-    given, is kept with each block instead of the SDK's tensor description."""
+) -> list[ChainBlock]:
+    """Each block's parent is the previous key of the chain. `metas`, when given, is kept with each
+    block instead of the SDK's tensor description."""
     if len(keys) != len(blocks) or (metas is not None and len(metas) != len(keys)):
         raise ValueError(
             f"{len(keys)} keys, {len(blocks)} blocks, {len(metas or keys)} metas: they must match"
         )
-    prev = parent or b""
-    for i, (key, block) in enumerate(zip(keys, blocks, strict=True)):
-        data, meta = tensors.encode(block)
-        if metas is not None:
-            meta = metas[i]
+    parents = [parent or b"", *keys[:-1]]
+    return [
+        ChainBlock(key, prev, block, metas[i] if metas is not None else None)
+        for i, (key, prev, block) in enumerate(zip(keys, parents, blocks, strict=True))
+    ]
+
+
+def put_requests(
+    namespace: str, blocks: Sequence[ChainBlock], session: str | None, pin: bool
+) -> Iterator[pb.PutRequest]:
+    """One request per block."""
+    for b in blocks:
+        data, meta = tensors.encode(b.data)
         yield pb.PutRequest(
-            namespace=namespace, key=key, parent=prev, data=data, meta=meta, session=session or "", pin=pin
+            namespace=namespace,
+            key=b.key,
+            parent=b.parent,
+            data=data,
+            meta=meta if b.meta is None else b.meta,
+            session=session or "",
+            pin=pin,
         )
-        prev = key
+
+
+# ---------------------------------------------------------------- shared-memory data plane
+
+
+class LeaseRunningOut(Exception):
+    """Too little of a write lease is left to copy safely: give it back and use gRPC."""
+
+
+# Stop writing into a lease's slots once this fraction of its time has gone, so a slow client
+# never writes into a slot the server already took back.
+LEASE_SAFETY = 0.5
+
+
+def reserve_request(
+    namespace: str, blocks: Sequence[ChainBlock], session: str | None, pin: bool
+) -> tuple[pb.ReserveRequest, list[memoryview]]:
+    headers, views = [], []
+    for b in blocks:
+        view, meta = tensors.encode_view(b.data)
+        views.append(view)
+        headers.append(
+            pb.BlockHeader(
+                key=b.key, parent=b.parent, meta=meta if b.meta is None else b.meta, size=view.nbytes
+            )
+        )
+    return pb.ReserveRequest(namespace=namespace, blocks=headers, session=session or "", pin=pin), views
+
+
+def write_slots(
+    segments: shm.Segments, reply: pb.ReserveResponse, views: Sequence[memoryview], deadline: float
+) -> list[int]:
+    """Copy each block into its slot; returns the positions the server had no room for."""
+    no_room = []
+    for i, (slot, view) in enumerate(zip(reply.slots, views, strict=True)):
+        if slot.state == pb.SLOT_NO_ROOM:
+            no_room.append(i)
+        elif slot.state == pb.SLOT_WRITE:
+            if time.monotonic() > deadline:
+                raise LeaseRunningOut(f"lease {reply.lease_id} is running out")
+            shm.copy_into(segments.view(slot.segment, slot.offset, slot.size), view)
+    return no_room
+
+
+def lease_deadline(started: float, reply: pb.ReserveResponse) -> float:
+    return started + reply.expires_in_s * LEASE_SAFETY
+
+
+def read_leased(
+    segments: shm.Segments,
+    reply: pb.AcquireResponse,
+    keys: Sequence[bytes],
+    into: Sequence[Any] | None = None,
+) -> list[StoredBlock | None]:
+    """Copy leased blocks out (into `into`'s buffers when given: data is then that buffer)."""
+    out: list[StoredBlock | None] = []
+    for i, b in enumerate(reply.blocks):
+        if not b.found:
+            out.append(None)
+            continue
+        src = memoryview(b.data) if b.inline else segments.view(b.segment, b.offset, b.size)
+        if into is not None:
+            dst = tensors.writable_view(into[i])
+            if dst.nbytes != src.nbytes:
+                raise ValueError(f"buffer #{i} has {dst.nbytes} bytes; the block has {src.nbytes}")
+            dst[:] = src
+            out.append(StoredBlock(into[i], b.meta, b.tier))
+        elif tensors.is_tensor_meta(b.meta):
+            out.append(StoredBlock(bytearray(src), b.meta, b.tier))  # decode shares a bytearray
+        else:
+            out.append(StoredBlock(bytes(src), b.meta, b.tier))
+    return out + [None] * (len(keys) - len(out))
+
+
+def copy_stored(blocks: Sequence[StoredBlock | None], into: Sequence[Any]) -> list[StoredBlock | None]:
+    """Blocks read over gRPC, copied into the caller's buffers (the gRPC twin of `read_leased`)."""
+    out: list[StoredBlock | None] = []
+    for i, b in enumerate(blocks):
+        if b is None:
+            out.append(None)
+            continue
+        dst = tensors.writable_view(into[i])
+        if dst.nbytes != len(b.data):
+            raise ValueError(f"buffer #{i} has {dst.nbytes} bytes; the block has {len(b.data)}")
+        dst[:] = memoryview(b.data)
+        out.append(StoredBlock(into[i], b.meta, b.tier))
+    return out
+
+
+def decoded(blocks: Sequence[StoredBlock | None]) -> list[Any]:
+    return [tensors.decode(b.data, b.meta) if b is not None else None for b in blocks]
 
 
 def get_request(
@@ -120,19 +232,10 @@ def get_request(
     )
 
 
-def get_result(reply: pb.GetResponse) -> Any:
-    return tensors.decode(reply.data, reply.meta) if reply.found else None
-
-
 def stored_blocks(keys: Sequence[bytes], found: Iterable[pb.GetResponse]) -> list[StoredBlock | None]:
+    """Blocks in key order; keys after a stop_at_miss cut read as None."""
     out: list[StoredBlock | None] = [StoredBlock(r.data, r.meta, r.tier) if r.found else None for r in found]
     return out + [None] * (len(keys) - len(out))
-
-
-def fill_misses(keys: Sequence[bytes], found: Iterable[pb.GetResponse]) -> list[Any]:
-    """Results in key order; keys after a stop_at_miss cut read as None."""
-    by_position = [get_result(r) for r in found]
-    return by_position + [None] * (len(keys) - len(by_position))
 
 
 def lookup_request(

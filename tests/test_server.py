@@ -74,13 +74,19 @@ async def test_async_client_matches_sync(server: ThreadedServer) -> None:
     assert server.store.stats().blocks == 0
 
 
-def test_blocks_flow_down_to_disk_and_back(server: ThreadedServer) -> None:
-    with Client(server.address) as kv:
+@pytest.mark.parametrize("shared_memory", [False, True], ids=["grpc", "shm"])
+def test_blocks_flow_down_to_disk_and_back(server: ThreadedServer, shared_memory: bool) -> None:
+    with Client(server.address, shared_memory=shared_memory) as kv:
+        assert kv.transport == ("shm" if shared_memory else "grpc")
         keys = kv.keys_for("t", range(4 * 56))
         data = blocks(56)
         tiers = kv.put("t", keys, data)
         # 48 slots in all: the batch's own first 8 blocks were pushed off the bottom
-        assert tiers == [""] * 8 + ["disk"] * 16 + ["dram"] * 16 + ["hbm"] * 16
+        expected = [""] * 8 + ["disk"] * 16 + ["dram"] * 16 + ["hbm"] * 16
+        now = [e.tier if e else "" for e in (server.store.index.get("t", k) for k in keys)]
+        assert now == expected
+        if not shared_memory:  # over shared memory, tiers are as each round was committed
+            assert tiers == expected
         assert kv.get("t", keys[8:9]) == data[8:9]  # served from disk, promoted to hbm
         assert server.store.index.get("t", keys[8]).tier == "hbm"
         # with every tier full, each promotion cascades and the bottom drops its LRU block;

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kvstore.config import Settings
+from kvstore.leases import Leases
 from kvstore.policy import make_policy
 from kvstore.server.admin_service import AdminService
 from kvstore.server.hints_service import AgentHintsService
@@ -65,6 +66,7 @@ class KVStoreServer:
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
         self.store = store or build_store(settings)
+        self.leases = Leases(self.store, settings.shared_memory.lease_ttl_s)
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -80,7 +82,7 @@ class KVStoreServer:
     async def start(self) -> None:
         s = self.settings
         server = grpc.aio.server(options=grpc_options(s))
-        pb_grpc.add_KVStoreServicer_to_server(KVStoreService(self.store), server)
+        pb_grpc.add_KVStoreServicer_to_server(KVStoreService(self.store, self.leases), server)
         pb_grpc.add_AdminServicer_to_server(AdminService(self.store), server)
         pb_grpc.add_AgentHintsServicer_to_server(AgentHintsService(self.store, self.kick_mover), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -103,7 +105,10 @@ class KVStoreServer:
         log.info(
             "kvstore serving on %s (tiers: %s; policy %s)",
             self.address,
-            ", ".join(f"{t.name}={t.capacity >> 20}MiB@{t.device}" for t in self.store.tiers),
+            ", ".join(
+                f"{t.name}={t.capacity >> 20}MiB@{t.device}{'+shm' if t.segment else ''}"
+                for t in self.store.tiers
+            ),
             s.policy,
         )
 
@@ -113,6 +118,9 @@ class KVStoreServer:
         while not self._stopping:
             if self.store.mover.pending:
                 await asyncio.to_thread(self.store.run_due_jobs)
+            deadline = self.leases.next_deadline()
+            if deadline is not None and deadline <= self.store.clock.now():
+                await asyncio.to_thread(self.leases.expire)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), MOVER_TICK_S)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from kvstore.errors import InvalidArgument
+from kvstore.leases import BlockHeader, Leases
 from kvstore.server.convert import namespace_info
 from kvstore.server.errors import grpc_errors
 from kvstore.store import PutBlock, Store
@@ -16,8 +17,9 @@ from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 
 
 class KVStoreService(pb_grpc.KVStoreServicer):
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, leases: Leases | None = None) -> None:
         self.store = store
+        self.leases = leases or Leases(store)
 
     @grpc_errors
     async def Put(
@@ -91,3 +93,77 @@ class KVStoreService(pb_grpc.KVStoreServicer):
         self, request: pb.DescribeNamespaceRequest, context: grpc.aio.ServicerContext
     ) -> pb.NamespaceInfo:
         return namespace_info(self.store.namespace(request.namespace))
+
+    # ------------------------------------------------------------------ shared-memory data plane
+
+    @grpc_errors
+    async def AttachSharedMemory(
+        self, request: pb.AttachSharedMemoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AttachSharedMemoryResponse:
+        segments = [
+            pb.SharedSegment(tier=t.name, name=t.segment.name, size=t.segment.size, token=t.segment.token)
+            for t in self.leases.shared_tiers
+            if t.segment is not None
+        ]
+        return pb.AttachSharedMemoryResponse(segments=segments, lease_ttl_s=self.leases.ttl_s)
+
+    @grpc_errors
+    async def Reserve(
+        self, request: pb.ReserveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReserveResponse:
+        headers = [BlockHeader(b.key, b.size, b.parent or None, b.meta) for b in request.blocks]
+        lease, slots = await asyncio.to_thread(
+            self.leases.reserve, request.namespace, headers, request.session or None, request.pin
+        )
+        return pb.ReserveResponse(
+            lease_id=lease.id,
+            slots=[
+                pb.Slot(key=s.key, state=s.state.value, segment=s.segment, offset=s.offset, size=s.size)
+                for s in slots
+            ],
+            expires_in_s=self.leases.ttl_s,
+        )
+
+    @grpc_errors
+    async def Commit(self, request: pb.LeaseRequest, context: grpc.aio.ServicerContext) -> pb.CommitResponse:
+        stored = await asyncio.to_thread(self.leases.commit, request.lease_id)
+        return pb.CommitResponse(tiers=[tier for _, tier in stored])
+
+    @grpc_errors
+    async def Acquire(
+        self, request: pb.AcquireRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AcquireResponse:
+        lease, blocks = await asyncio.to_thread(
+            self.leases.acquire,
+            request.namespace,
+            list(request.keys),
+            request.session or None,
+            request.stop_at_miss,
+        )
+        out = []
+        for key, b in zip(request.keys, blocks, strict=False):
+            if b is None:
+                out.append(pb.LeasedBlock(key=key, found=False))
+            elif b.data is not None:
+                out.append(
+                    pb.LeasedBlock(key=key, found=True, meta=b.meta, tier=b.tier, inline=True, data=b.data)
+                )
+            else:
+                out.append(
+                    pb.LeasedBlock(
+                        key=key,
+                        found=True,
+                        meta=b.meta,
+                        tier=b.tier,
+                        segment=b.segment,
+                        offset=b.offset,
+                        size=b.size,
+                    )
+                )
+        return pb.AcquireResponse(lease_id=lease.id, blocks=out, expires_in_s=self.leases.ttl_s)
+
+    @grpc_errors
+    async def Release(
+        self, request: pb.LeaseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReleaseResponse:
+        return pb.ReleaseResponse(valid=await asyncio.to_thread(self.leases.release, request.lease_id))

@@ -8,9 +8,12 @@ HBM <-> DRAM moves are one device copy) or as any object with the buffer protoco
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvstore.index import BlockEntry
+
+if TYPE_CHECKING:
+    from kvstore.tiers.shared import SharedSegment
 
 
 class CorruptBlock(Exception):
@@ -21,6 +24,8 @@ class Tier(ABC):
     name: str
     capacity: int
     device: str = "cpu"
+    # The shared-memory segment holding this tier's bytes, when same-host clients may map them.
+    segment: SharedSegment | None = None
 
     @property
     @abstractmethod

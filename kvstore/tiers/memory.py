@@ -3,10 +3,13 @@
 `hbm` puts the buffer on a CUDA device (or on the CPU standing in for one, with its own
 capacity, so every code path runs without a GPU). `dram` puts it in host memory, pinned when a
 GPU is present so HBM <-> DRAM copies run at full PCIe speed. No per-block malloc either way.
+A host buffer can live in a shared-memory segment (`shared=True`): same-host clients then read and
+write block bytes in place (see kvstore/leases.py for who may touch which bytes when).
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any
 
@@ -16,19 +19,39 @@ import torch
 from kvstore.index import BlockEntry
 from kvstore.tiers.allocator import ExtentAllocator
 from kvstore.tiers.base import Tier, as_buffer
+from kvstore.tiers.shared import SharedSegment
+
+log = logging.getLogger(__name__)
 
 
 class MemoryTier(Tier):
-    def __init__(self, name: str, capacity: int, device: str = "cpu", pin_memory: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        capacity: int,
+        device: str = "cpu",
+        pin_memory: bool = False,
+        shared: bool = False,
+    ) -> None:
         self.name = name
         self.device = device
         self._alloc = ExtentAllocator(capacity)
         self.capacity = self._alloc.capacity
         on_host = torch.device(device).type == "cpu"
-        # torch.empty does not touch the pages: untouched capacity costs address space, not RAM.
-        self._buf = torch.empty(
-            self.capacity, dtype=torch.uint8, device=device, pin_memory=pin_memory and on_host
-        )
+        if shared and not on_host:
+            raise ValueError(f"tier {name}: only a host buffer can be shared memory, not {device}")
+        self.segment = SharedSegment(name, self.capacity) if shared else None
+        if self.segment is not None:
+            assert self.segment.data is not None
+            # Like torch.empty, a fresh segment's pages cost RAM only once they are written.
+            self._buf = torch.frombuffer(self.segment.data, dtype=torch.uint8, count=self.capacity)
+            if pin_memory:
+                _register_pinned(self._buf)
+        else:
+            # torch.empty does not touch the pages: untouched capacity costs address space, not RAM.
+            self._buf = torch.empty(
+                self.capacity, dtype=torch.uint8, device=device, pin_memory=pin_memory and on_host
+            )
         self._host = self._buf.numpy() if on_host else None
 
     @property
@@ -71,6 +94,19 @@ class MemoryTier(Tier):
     def close(self) -> None:
         self._host = None
         self._buf = torch.empty(0, dtype=torch.uint8)
+        if self.segment is not None:
+            self.segment.close()
+
+
+def _register_pinned(buf: torch.Tensor) -> None:
+    """Page-lock a shared host buffer for the GPU, as pin_memory=True does for torch.empty."""
+    if not buf.numel():
+        return
+    err = torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), buf.numel(), 0)
+    if int(err) != 0:
+        log.warning(
+            "cudaHostRegister of %d bytes failed (%s); DRAM<->HBM copies will be slower", buf.numel(), err
+        )
 
 
 def hbm_device(requested: str) -> str:

@@ -1,10 +1,20 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class SlotState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SLOT_WRITE: _ClassVar[SlotState]
+    SLOT_STORED: _ClassVar[SlotState]
+    SLOT_NO_ROOM: _ClassVar[SlotState]
+SLOT_WRITE: SlotState
+SLOT_STORED: SlotState
+SLOT_NO_ROOM: SlotState
 
 class PutRequest(_message.Message):
     __slots__ = ("namespace", "key", "parent", "data", "meta", "session", "pin")
@@ -142,6 +152,140 @@ class NamespaceInfo(_message.Message):
     hash: str
     seed: bytes
     def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., tenant: _Optional[str] = ..., adapter: _Optional[str] = ..., block_tokens: _Optional[int] = ..., block_bytes: _Optional[int] = ..., hash: _Optional[str] = ..., seed: _Optional[bytes] = ...) -> None: ...
+
+class AttachSharedMemoryRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SharedSegment(_message.Message):
+    __slots__ = ("tier", "name", "size", "token")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    tier: str
+    name: str
+    size: int
+    token: bytes
+    def __init__(self, tier: _Optional[str] = ..., name: _Optional[str] = ..., size: _Optional[int] = ..., token: _Optional[bytes] = ...) -> None: ...
+
+class AttachSharedMemoryResponse(_message.Message):
+    __slots__ = ("segments", "lease_ttl_s")
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    segments: _containers.RepeatedCompositeFieldContainer[SharedSegment]
+    lease_ttl_s: float
+    def __init__(self, segments: _Optional[_Iterable[_Union[SharedSegment, _Mapping]]] = ..., lease_ttl_s: _Optional[float] = ...) -> None: ...
+
+class BlockHeader(_message.Message):
+    __slots__ = ("key", "parent", "meta", "size")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    parent: bytes
+    meta: bytes
+    size: int
+    def __init__(self, key: _Optional[bytes] = ..., parent: _Optional[bytes] = ..., meta: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...
+
+class ReserveRequest(_message.Message):
+    __slots__ = ("namespace", "blocks", "session", "pin")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    PIN_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    blocks: _containers.RepeatedCompositeFieldContainer[BlockHeader]
+    session: str
+    pin: bool
+    def __init__(self, namespace: _Optional[str] = ..., blocks: _Optional[_Iterable[_Union[BlockHeader, _Mapping]]] = ..., session: _Optional[str] = ..., pin: bool = ...) -> None: ...
+
+class Slot(_message.Message):
+    __slots__ = ("key", "state", "segment", "offset", "size")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    state: SlotState
+    segment: int
+    offset: int
+    size: int
+    def __init__(self, key: _Optional[bytes] = ..., state: _Optional[_Union[SlotState, str]] = ..., segment: _Optional[int] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
+
+class ReserveResponse(_message.Message):
+    __slots__ = ("lease_id", "slots", "expires_in_s")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_S_FIELD_NUMBER: _ClassVar[int]
+    lease_id: int
+    slots: _containers.RepeatedCompositeFieldContainer[Slot]
+    expires_in_s: float
+    def __init__(self, lease_id: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[Slot, _Mapping]]] = ..., expires_in_s: _Optional[float] = ...) -> None: ...
+
+class LeaseRequest(_message.Message):
+    __slots__ = ("lease_id",)
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    lease_id: int
+    def __init__(self, lease_id: _Optional[int] = ...) -> None: ...
+
+class CommitResponse(_message.Message):
+    __slots__ = ("tiers",)
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    tiers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tiers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AcquireRequest(_message.Message):
+    __slots__ = ("namespace", "keys", "session", "stop_at_miss")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    STOP_AT_MISS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    keys: _containers.RepeatedScalarFieldContainer[bytes]
+    session: str
+    stop_at_miss: bool
+    def __init__(self, namespace: _Optional[str] = ..., keys: _Optional[_Iterable[bytes]] = ..., session: _Optional[str] = ..., stop_at_miss: bool = ...) -> None: ...
+
+class LeasedBlock(_message.Message):
+    __slots__ = ("key", "found", "meta", "tier", "segment", "offset", "size", "inline", "data")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    INLINE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    found: bool
+    meta: bytes
+    tier: str
+    segment: int
+    offset: int
+    size: int
+    inline: bool
+    data: bytes
+    def __init__(self, key: _Optional[bytes] = ..., found: bool = ..., meta: _Optional[bytes] = ..., tier: _Optional[str] = ..., segment: _Optional[int] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ..., inline: bool = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class AcquireResponse(_message.Message):
+    __slots__ = ("lease_id", "blocks", "expires_in_s")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_S_FIELD_NUMBER: _ClassVar[int]
+    lease_id: int
+    blocks: _containers.RepeatedCompositeFieldContainer[LeasedBlock]
+    expires_in_s: float
+    def __init__(self, lease_id: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[LeasedBlock, _Mapping]]] = ..., expires_in_s: _Optional[float] = ...) -> None: ...
+
+class ReleaseResponse(_message.Message):
+    __slots__ = ("valid",)
+    VALID_FIELD_NUMBER: _ClassVar[int]
+    valid: bool
+    def __init__(self, valid: bool = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
     __slots__ = ("session", "namespace")

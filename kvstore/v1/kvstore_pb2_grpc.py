@@ -71,6 +71,31 @@ class KVStoreStub(object):
                 request_serializer=kvstore_dot_v1_dot_kvstore__pb2.DescribeNamespaceRequest.SerializeToString,
                 response_deserializer=kvstore_dot_v1_dot_kvstore__pb2.NamespaceInfo.FromString,
                 _registered_method=True)
+        self.AttachSharedMemory = channel.unary_unary(
+                '/kvstore.v1.KVStore/AttachSharedMemory',
+                request_serializer=kvstore_dot_v1_dot_kvstore__pb2.AttachSharedMemoryRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kvstore__pb2.AttachSharedMemoryResponse.FromString,
+                _registered_method=True)
+        self.Reserve = channel.unary_unary(
+                '/kvstore.v1.KVStore/Reserve',
+                request_serializer=kvstore_dot_v1_dot_kvstore__pb2.ReserveRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kvstore__pb2.ReserveResponse.FromString,
+                _registered_method=True)
+        self.Commit = channel.unary_unary(
+                '/kvstore.v1.KVStore/Commit',
+                request_serializer=kvstore_dot_v1_dot_kvstore__pb2.LeaseRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kvstore__pb2.CommitResponse.FromString,
+                _registered_method=True)
+        self.Acquire = channel.unary_unary(
+                '/kvstore.v1.KVStore/Acquire',
+                request_serializer=kvstore_dot_v1_dot_kvstore__pb2.AcquireRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kvstore__pb2.AcquireResponse.FromString,
+                _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/kvstore.v1.KVStore/Release',
+                request_serializer=kvstore_dot_v1_dot_kvstore__pb2.LeaseRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kvstore__pb2.ReleaseResponse.FromString,
+                _registered_method=True)
 
 
 class KVStoreServicer(object):
@@ -125,6 +150,43 @@ class KVStoreServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AttachSharedMemory(self, request, context):
+        """Same-host data plane: block bytes go through shared memory, these calls carry only handles.
+        The shared segments and the lease time; none when the server keeps no tier in shared memory.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reserve(self, request, context):
+        """Slots to write blocks into, under a write lease. Nothing is visible until Commit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Commit(self, request, context):
+        """Index the blocks written into a write lease's slots; FAILED_PRECONDITION once it expired.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Acquire(self, request, context):
+        """Where stored blocks lie, under a read lease: they do not move or go until Release.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Release(self, request, context):
+        """End a lease (a write lease without Commit frees its slots). valid=false: it had expired, so
+        bytes read under it may have been overwritten and must be discarded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +224,31 @@ def add_KVStoreServicer_to_server(servicer, server):
                     servicer.DescribeNamespace,
                     request_deserializer=kvstore_dot_v1_dot_kvstore__pb2.DescribeNamespaceRequest.FromString,
                     response_serializer=kvstore_dot_v1_dot_kvstore__pb2.NamespaceInfo.SerializeToString,
+            ),
+            'AttachSharedMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.AttachSharedMemory,
+                    request_deserializer=kvstore_dot_v1_dot_kvstore__pb2.AttachSharedMemoryRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kvstore__pb2.AttachSharedMemoryResponse.SerializeToString,
+            ),
+            'Reserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reserve,
+                    request_deserializer=kvstore_dot_v1_dot_kvstore__pb2.ReserveRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kvstore__pb2.ReserveResponse.SerializeToString,
+            ),
+            'Commit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Commit,
+                    request_deserializer=kvstore_dot_v1_dot_kvstore__pb2.LeaseRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kvstore__pb2.CommitResponse.SerializeToString,
+            ),
+            'Acquire': grpc.unary_unary_rpc_method_handler(
+                    servicer.Acquire,
+                    request_deserializer=kvstore_dot_v1_dot_kvstore__pb2.AcquireRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kvstore__pb2.AcquireResponse.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=kvstore_dot_v1_dot_kvstore__pb2.LeaseRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kvstore__pb2.ReleaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -355,6 +442,141 @@ class KVStore(object):
             '/kvstore.v1.KVStore/DescribeNamespace',
             kvstore_dot_v1_dot_kvstore__pb2.DescribeNamespaceRequest.SerializeToString,
             kvstore_dot_v1_dot_kvstore__pb2.NamespaceInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttachSharedMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.KVStore/AttachSharedMemory',
+            kvstore_dot_v1_dot_kvstore__pb2.AttachSharedMemoryRequest.SerializeToString,
+            kvstore_dot_v1_dot_kvstore__pb2.AttachSharedMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.KVStore/Reserve',
+            kvstore_dot_v1_dot_kvstore__pb2.ReserveRequest.SerializeToString,
+            kvstore_dot_v1_dot_kvstore__pb2.ReserveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Commit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.KVStore/Commit',
+            kvstore_dot_v1_dot_kvstore__pb2.LeaseRequest.SerializeToString,
+            kvstore_dot_v1_dot_kvstore__pb2.CommitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Acquire(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.KVStore/Acquire',
+            kvstore_dot_v1_dot_kvstore__pb2.AcquireRequest.SerializeToString,
+            kvstore_dot_v1_dot_kvstore__pb2.AcquireResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.KVStore/Release',
+            kvstore_dot_v1_dot_kvstore__pb2.LeaseRequest.SerializeToString,
+            kvstore_dot_v1_dot_kvstore__pb2.ReleaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

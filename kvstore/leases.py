@@ -1,0 +1,247 @@
+"""Leases on shared-memory slots: how a same-host client writes and reads block bytes in place.
+
+Writing: `reserve` allocates slots in a shared tier and hands out their offsets under a write
+lease; the client copies its bytes in and calls `commit`, and only then are the blocks indexed.
+A client that dies mid-write never commits: its blocks were never visible, and when the lease
+expires its slots are freed.
+
+Reading: `acquire` takes a read lease on stored blocks. A leased block counts as read by a
+transfer (`BlockEntry.readers`), so nothing moves, evicts or frees it while the client copies;
+`release` ends the lease and says whether it was still valid. A lease that expired first may
+have had its slots reused: the client must discard what it read (the SDK then reads over gRPC).
+
+Lease ids are generations: they only grow, so an ended lease is never confused with a new one.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+from kvstore.errors import FailedPrecondition, InvalidArgument
+from kvstore.index import BlockEntry
+from kvstore.store import Store
+
+MAX_BLOCKS_PER_LEASE = 65536
+
+
+class SlotState(Enum):
+    WRITE = 0  # write the block's bytes at the slot, then commit
+    STORED = 1  # stored already: nothing to write (commit counts it as put again)
+    NO_ROOM = 2  # no shared-memory room: send this block over gRPC instead
+
+
+@dataclass(slots=True)
+class BlockHeader:
+    key: bytes
+    size: int  # bytes the client will write
+    parent: bytes | None = None
+    meta: bytes = b""
+
+
+@dataclass(slots=True)
+class Slot:
+    key: bytes
+    state: SlotState
+    segment: int = 0  # index into the store's shared tiers (`Leases.segments`)
+    offset: int = 0
+    size: int = 0
+
+
+@dataclass(slots=True)
+class LeasedBlock:
+    """A block under a read lease: in a shared segment, or (`data`) copied out when it is not."""
+
+    key: bytes
+    meta: bytes
+    tier: str
+    segment: int = -1
+    offset: int = 0
+    size: int = 0
+    data: bytes | None = None
+
+
+@dataclass(slots=True)
+class Lease:
+    id: int
+    deadline: float
+    writing: bool
+    namespace: str
+    session: str | None = None
+    pin: bool = False
+    # write: (slot entry or None, key, state), one per reserved block in request order
+    slots: list[tuple[BlockEntry | None, bytes, SlotState]] = field(default_factory=list)
+    reads: list[BlockEntry] = field(default_factory=list)
+
+
+class Leases:
+    def __init__(self, store: Store, ttl_s: float = 30.0) -> None:
+        self.store = store
+        self.ttl_s = ttl_s
+        self.shared_tiers = [t for t in store.tiers if t.segment is not None]
+        self._segment_of = {t.name: i for i, t in enumerate(self.shared_tiers)}
+        self._active: dict[int, Lease] = {}
+        self._deadlines: list[tuple[float, int]] = []  # heap; stale rows are skipped
+        self._ids = itertools.count(1)
+        self._last_id = 0
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.shared_tiers)
+
+    def _open(self, writing: bool, namespace: str, session: str | None, pin: bool) -> Lease:
+        lease_id = next(self._ids)
+        self._last_id = lease_id
+        lease = Lease(lease_id, self.store.clock.now() + self.ttl_s, writing, namespace, session, pin)
+        self._active[lease_id] = lease
+        heapq.heappush(self._deadlines, (lease.deadline, lease_id))
+        return lease
+
+    def _check_batch(self, n: int) -> None:
+        if not self.enabled:
+            raise FailedPrecondition("this server has no shared-memory tier; use Put/Get over gRPC")
+        if n > MAX_BLOCKS_PER_LEASE:
+            raise InvalidArgument(f"{n} blocks in one lease; at most {MAX_BLOCKS_PER_LEASE}")
+
+    # ------------------------------------------------------------------ writing
+
+    def reserve(
+        self, namespace: str, blocks: Sequence[BlockHeader], session: str | None = None, pin: bool = False
+    ) -> tuple[Lease, list[Slot]]:
+        self._check_batch(len(blocks))
+        for i, b in enumerate(blocks):
+            self.store.validate_header(namespace, b.key, b.parent, b.meta, i)
+            self.store.validate_size(namespace, b.size, i)
+        size = self.store.namespace(namespace).block_bytes
+        self.expire()
+        with self.store.lock, self._lock:
+            lease = self._open(True, namespace, session, pin)
+            slots, seen = [], set()
+            for b in blocks:
+                if b.key in seen or self.store.index.get(namespace, b.key) is not None:
+                    lease.slots.append((None, b.key, SlotState.STORED))
+                    slots.append(Slot(b.key, SlotState.STORED))
+                    continue
+                seen.add(b.key)
+                entry = BlockEntry(namespace, b.key, b.parent or None, size, "", meta=b.meta)
+                if not self.store.allocate_shared(entry):
+                    lease.slots.append((None, b.key, SlotState.NO_ROOM))
+                    slots.append(Slot(b.key, SlotState.NO_ROOM))
+                    continue
+                lease.slots.append((entry, b.key, SlotState.WRITE))
+                slots.append(Slot(b.key, SlotState.WRITE, self._segment_of[entry.tier], entry.location, size))
+            return lease, slots
+
+    def commit(self, lease_id: int) -> list[tuple[bytes, str]]:
+        """Index what the lease's client wrote; returns (key, tier) of every block it covered."""
+        with self.store.lock, self._lock:
+            lease = self._take(lease_id)
+            if not lease.writing:
+                self._active[lease_id] = lease
+                raise InvalidArgument(f"lease {lease_id} is a read lease; end it with Release")
+            out = []
+            for entry, key, state in lease.slots:
+                if entry is not None:
+                    stored: BlockEntry | None = self.store.add_written(entry, lease.session, lease.pin)
+                elif state is SlotState.STORED:
+                    stored = self.store.put_again(lease.namespace, key, lease.session, lease.pin)
+                else:
+                    stored = None  # the client sends it over gRPC
+                out.append((key, stored.tier if stored is not None else ""))
+            return out
+
+    # ------------------------------------------------------------------ reading
+
+    def acquire(
+        self, namespace: str, keys: Sequence[bytes], session: str | None = None, stop_at_miss: bool = False
+    ) -> tuple[Lease, list[LeasedBlock | None]]:
+        self._check_batch(len(keys))
+        store = self.store
+        store.namespace(namespace)
+        store._check_keys(keys)
+        self.expire()
+        out: list[LeasedBlock | None] = []
+        with store.lock, self._lock:
+            lease = self._open(False, namespace, session, False)
+            now = store.clock.now()
+            for key in keys:
+                entry = store.index.get(namespace, key)
+                if entry is None:
+                    store.misses += 1
+                    out.append(None)
+                    if stop_at_miss:
+                        break
+                    continue
+                store.served(entry, session, now)
+                segment = self._segment_of.get(entry.tier)
+                if segment is None:  # not in shared memory (disk, a GPU): its bytes go inline
+                    data = store._read(entry)
+                    out.append(None if data is None else LeasedBlock(key, entry.meta, entry.tier, data=data))
+                    continue
+                entry.readers += 1
+                lease.reads.append(entry)
+                out.append(LeasedBlock(key, entry.meta, entry.tier, segment, entry.location, entry.size))
+            return lease, out
+
+    # ------------------------------------------------------------------ ending
+
+    def release(self, lease_id: int) -> bool:
+        """End a lease. True if it was still valid: what its client read is what was stored.
+        A write lease released without commit gives its slots back."""
+        with self.store.lock, self._lock:
+            try:
+                lease = self._take(lease_id)
+            except FailedPrecondition:
+                return False
+            self._end(lease)
+            return True
+
+    def expire(self) -> int:
+        """End the leases whose time is up; returns how many."""
+        now = self.store.clock.now()
+        if not self._deadlines or self._deadlines[0][0] > now:
+            return 0
+        ended = 0
+        with self.store.lock, self._lock:
+            while self._deadlines and self._deadlines[0][0] <= now:
+                _, lease_id = heapq.heappop(self._deadlines)
+                lease = self._active.pop(lease_id, None)
+                if lease is not None:
+                    self._end(lease)
+                    ended += 1
+        return ended
+
+    def next_deadline(self) -> float | None:
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def _take(self, lease_id: int) -> Lease:
+        lease = self._active.pop(lease_id, None)
+        if lease is not None:
+            return lease
+        if 0 < lease_id <= self._last_id:
+            raise FailedPrecondition(
+                f"lease {lease_id} has ended (released, committed, or expired after {self.ttl_s:g} s); "
+                "nothing it covered was stored: start again"
+            )
+        raise InvalidArgument(f"there is no lease {lease_id}")
+
+    def _end(self, lease: Lease) -> None:
+        for entry, _, _ in lease.slots:
+            if entry is not None:
+                self.store.free_slot(entry)
+        for entry in lease.reads:
+            entry.readers -= 1
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            leases = list(self._active.values())
+        return {
+            "write_leases": sum(lease.writing for lease in leases),
+            "read_leases": sum(not lease.writing for lease in leases),
+            "reserved_bytes": sum(e.size for lease in leases for e, _, _ in lease.slots if e is not None),
+        }
