@@ -30,6 +30,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hbm-device", help="auto, cuda, cuda:N or cpu (a stand-in)")
     p.add_argument("--dram", dest="dram_capacity", metavar="SIZE", help="DRAM tier capacity, e.g. 64GiB")
     p.add_argument("--disk", dest="disk_capacity", metavar="SIZE", help="disk tier capacity, e.g. 1TiB")
+    p.add_argument(
+        "--shared-memory",
+        choices=["auto", "on", "off"],
+        help="keep host tiers in /dev/shm so same-host clients read and write in place (default auto)",
+    )
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(run=_run_serve)
@@ -48,6 +53,8 @@ def _nested(args: argparse.Namespace) -> dict:
         flags.setdefault("hbm", {})["device"] = args.hbm_device
     if "hbm" in flags:
         flags["hbm"].setdefault("enabled", "on")
+    if args.shared_memory is not None:
+        flags["shared_memory"] = {"enabled": args.shared_memory}
     return flags
 
 
