@@ -65,8 +65,12 @@ class KVStoreConnector(RemoteConnector):
         self.address = str(setting("address", DEFAULT_ADDRESS))
         self.namespace = str(setting("namespace", "lmcache"))
         self.session_tag = str(setting("session_tag", "session_id"))
-        self.client = Client(self.address, timeout=float(setting("timeout_s", 1.0)))
+        shared = str(setting("shared_memory", "true")).lower() not in ("false", "0", "no", "off")
+        self.client = Client(self.address, timeout=float(setting("timeout_s", 1.0)), shared_memory=shared)
         self._block_bytes: int | None = None
+        # (shapes, dtypes, format) of a full chunk, once one was seen: gets then read straight into
+        # LMCache buffers allocated up front, with no copy in between.
+        self._full_layout: tuple[Any, Any, Any] | None = None
         self._healthy = True
 
     # ------------------------------------------------------------------ helpers
@@ -105,14 +109,21 @@ class KVStoreConnector(RemoteConnector):
             self._block_bytes = info.block_bytes
         return self._block_bytes
 
-    def _encode(self, memory_obj: MemoryObj) -> tuple[bytes, bytes]:
+    def _encode(self, memory_obj: MemoryObj) -> tuple[Any, bytes]:
         buffer = memory_obj.byte_array
         meta = RemoteMetadata(
             len(buffer), memory_obj.get_shapes(), memory_obj.get_dtypes(), memory_obj.get_memory_format()
         ).serialize()
-        data = bytes(buffer)
-        pad = self._block_size() - len(data)
-        return (data + bytes(pad) if pad else data), bytes(meta)
+        pad = self._block_size() - len(buffer)
+        if len(buffer) == self.full_chunk_size_bytes:
+            self._full_layout = (
+                memory_obj.get_shapes(),
+                memory_obj.get_dtypes(),
+                memory_obj.get_memory_format(),
+            )
+        # A full chunk goes as a view of LMCache's buffer: one copy, straight into the slot.
+        data = bytes(buffer) + bytes(pad) if pad else np.frombuffer(buffer, dtype=np.uint8)
+        return data, bytes(meta)
 
     def _decode(self, data: bytes, meta: bytes) -> MemoryObj | None:
         md = RemoteMetadata.deserialize(bytearray(meta))
@@ -123,6 +134,8 @@ class KVStoreConnector(RemoteConnector):
         # byte_array is a '<B' memoryview, which refuses slice assignment from bytes: copy via numpy
         dst = np.frombuffer(memory_obj.byte_array, dtype=np.uint8)
         dst[: md.length] = np.frombuffer(data, dtype=np.uint8, count=md.length)
+        if md.length == self.full_chunk_size_bytes:
+            self._full_layout = (md.shapes, md.dtypes, md.fmt)
         return self.reshape_partial_chunk(memory_obj, md.length)
 
     # ------------------------------------------------------------------ sync bodies
@@ -146,15 +159,47 @@ class KVStoreConnector(RemoteConnector):
     def _get_many(self, keys: list[CacheEngineKey]) -> list[MemoryObj | None]:
         if not keys:
             return []
+        buffers = self._full_chunk_buffers(len(keys))
         try:
             stored = self.client.fetch(
-                self.namespace, [self._key(k) for k in keys], session=self._session(keys[0])
+                self.namespace,
+                [self._key(k) for k in keys],
+                session=self._session(keys[0]),
+                into=[np.frombuffer(b.byte_array, dtype=np.uint8) for b in buffers] if buffers else None,
             )
         except (KVStoreError, ValueError) as exc:
             self._failed("get", exc)
+            for b in buffers or ():
+                b.ref_count_down()
             return [None] * len(keys)
         self._ok()
-        return [self._decode(b.data, b.meta) if b is not None else None for b in stored]
+        if buffers is None:
+            return [self._decode(b.data, b.meta) if b is not None else None for b in stored]
+        out: list[MemoryObj | None] = []
+        for block, buffer in zip(stored, buffers, strict=True):
+            if block is not None and self._is_full_chunk(block.meta):
+                out.append(buffer)
+                continue
+            # A miss, or a partial chunk: give the buffer back (a partial chunk is copied out first).
+            out.append(self._decode(bytes(buffer.byte_array), block.meta) if block is not None else None)
+            buffer.ref_count_down()
+        return out
+
+    def _full_chunk_buffers(self, n: int) -> list[MemoryObj] | None:
+        """LMCache buffers to read n full chunks into, when blocks are exactly chunk-sized."""
+        if self._full_layout is None or self._block_size() != self.full_chunk_size_bytes:
+            return None
+        shapes, dtypes, fmt = self._full_layout
+        buffers = self.local_cpu_backend.batched_allocate(shapes, dtypes, n, fmt)
+        if buffers is None or any(len(b.byte_array) != self.full_chunk_size_bytes for b in buffers):
+            for b in buffers or ():
+                b.ref_count_down()
+            return None
+        return buffers
+
+    def _is_full_chunk(self, meta: bytes) -> bool:
+        md = RemoteMetadata.deserialize(bytearray(meta))
+        return md.length == self.full_chunk_size_bytes and self._full_layout == (md.shapes, md.dtypes, md.fmt)
 
     def _put_many(self, keys: list[CacheEngineKey], memory_objs: list[MemoryObj]) -> None:
         if not keys:

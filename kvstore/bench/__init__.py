@@ -1,4 +1,6 @@
-"""Benchmarks: `kvstore bench replay | index | grpc | hints` (figures for notes, never timed tests)."""
+"""Benchmarks: `kvstore bench replay | index | grpc | hints | dataplane`.
+
+They print figures for notes; none of them is a timed test."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import argparse
 
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
-    from kvstore.bench import grpc_bench, hints_bench, index_bench, replay_cli
+    from kvstore.bench import dataplane_bench, grpc_bench, hints_bench, index_bench, replay_cli
 
     bench = sub.add_parser("bench", help="run a benchmark", description="Benchmarks that print figures.")
     kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
@@ -14,3 +16,4 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     index_bench.add_parser(kinds)
     grpc_bench.add_parser(kinds)
     hints_bench.add_parser(kinds)
+    dataplane_bench.add_parser(kinds)

@@ -35,7 +35,7 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
         return
     table = Table(title=title)
     for col in rows[0]:
-        table.add_column(col, justify="left" if isinstance(rows[0][col], str) else "right")
+        table.add_column(col.replace("_", " "), justify="left" if isinstance(rows[0][col], str) else "right")
     for row in rows:
         table.add_row(*(_cell(v) for v in row.values()))
     Console().print(table)
