@@ -36,7 +36,9 @@ CHUNK_BYTES = 2 * 2 * CHUNK * 8 * 128 * 2  # bf16
 class LMCacheSide:
     """LMCache's CPU buffer and remote backend, configured to use the kvstore plugin."""
 
-    def __init__(self, address: str, namespace: str = "lmcache", timeout_s: float = 1.0) -> None:
+    def __init__(
+        self, address: str, namespace: str = "lmcache", timeout_s: float = 1.0, shared_memory: bool = True
+    ) -> None:
         config = LMCacheEngineConfig.from_defaults(
             chunk_size=CHUNK,
             local_cpu=False,
@@ -48,6 +50,7 @@ class LMCacheSide:
                 "remote_storage_plugin.kvstore.address": address,
                 "remote_storage_plugin.kvstore.namespace": namespace,
                 "remote_storage_plugin.kvstore.timeout_s": timeout_s,
+                "remote_storage_plugin.kvstore.shared_memory": shared_memory,
             },
         )
         self.metadata = LMCacheMetadata("test-model", 1, 1, 0, 0, torch.bfloat16, SHAPE, chunk_size=CHUNK)
@@ -119,7 +122,18 @@ def side(kvstore_server: ServerProcess) -> Iterator[LMCacheSide]:
     s.close()
 
 
-def test_chunks_round_trip_byte_identical(side: LMCacheSide) -> None:
+@pytest.mark.parametrize("shared_memory", [True, False], ids=["shm", "grpc"])
+def test_chunks_round_trip_byte_identical(kvstore_server: ServerProcess, shared_memory: bool) -> None:
+    side = LMCacheSide(kvstore_server.address, shared_memory=shared_memory)
+    try:
+        plugin = side.backend.connection._connector  # LMCache wraps plugins for its stats
+        assert plugin.client.transport == ("shm" if shared_memory else "grpc")
+        _round_trip(side)
+    finally:
+        side.close()
+
+
+def _round_trip(side: LMCacheSide) -> None:
     stored = {}
     for i in range(4):
         obj, raw = side.chunk(seed=i)

@@ -314,3 +314,15 @@ def test_segments_are_unlinked_on_stop_and_after_a_crash(tmp_path: Path) -> None
         getattr(proc, stop)()
         # after SIGKILL, Python's resource tracker (a process of its own) unlinks them
         assert wait_for(lambda paths=paths: not any(p.exists() for p in paths), timeout=20), stop
+
+
+def test_bench_dataplane_writes_its_figures(tmp_path: Path) -> None:
+    from kvstore.cli import main
+
+    out = tmp_path / "dataplane.json"
+    args = ["bench", "dataplane", "--sizes", "1", "--batch-mib", "2", "--total-mib", "4", "--no-lmcache"]
+    assert main([*args, "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["sizes"]
+    assert row["block_mib"] == 1 and row["per_call"] == 2
+    assert all(row[k] > 0 for k in ("raw", "shm_put", "shm_get", "grpc_put", "grpc_get"))
+    assert main(["bench", "dataplane", "--sizes", "one"]) == 2

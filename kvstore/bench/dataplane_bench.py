@@ -108,13 +108,13 @@ def bench_size(
     rng = np.random.default_rng(size_mib)
     src = [rng.integers(0, 256, size, dtype=np.uint8) for _ in range(n)]
     dst = [np.empty(size, dtype=np.uint8) for _ in range(n)]
-    row: dict[str, Any] = {"block_mib": size_mib, "blocks_per_call": n}
+    row: dict[str, Any] = {"block_mib": size_mib, "per_call": n}
 
     def raw(_: int) -> None:
         for d, s in zip(dst, src, strict=True):
             memoryview(d)[:] = memoryview(s)  # the copy the shared-memory path makes, alone
 
-    row["raw_copy_gbps"] = gbps(moved, timed(raw, calls))
+    row["raw"] = gbps(moved, timed(raw, calls))
     ns = f"b{size_mib}m"
     for transport, shared in (("shm", True), ("grpc", False)):
         with Client(address, shared_memory=shared, timeout=600) as kv:
@@ -128,14 +128,14 @@ def bench_size(
         assert all(np.array_equal(d, s) for d, s in zip(dst, src, strict=True)), (
             f"{transport} get returned other bytes"
         )
-        row[f"{transport}_put_gbps"] = gbps(moved, put_t)
-        row[f"{transport}_get_gbps"] = gbps(moved, get_t)
+        row[f"{transport}_put"] = gbps(moved, put_t)
+        row[f"{transport}_get"] = gbps(moved, get_t)
     if lmcache:
         # Room for every chunk the run stores: LMCache's CPU backend then never has to evict.
         put_t, get_t = LMCacheCPU(size_mib, (calls + 2) * n * size).times(src, dst, calls)
-        row["lmcache_cpu_put_gbps"] = gbps(moved, put_t)
-        row["lmcache_cpu_get_gbps"] = gbps(moved, get_t)
-    row["shm_vs_raw"] = min(row["shm_put_gbps"], row["shm_get_gbps"]) / row["raw_copy_gbps"]
+        row["lmcache_put"] = gbps(moved, put_t)
+        row["lmcache_get"] = gbps(moved, get_t)
+    row["shm_vs_raw"] = min(row["shm_put"], row["shm_get"]) / row["raw"]
     return row
 
 
@@ -294,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
         kvstore_server(Path(tmp), sizes, dram) as server,
     ):
         rows = [bench_size(server.address, s, batch, args.total_mib * MiB, lmcache, dram) for s in sizes]
-        print_table("put/get GB/s per path (same bytes, same run)", rows)
+        print_table("put/get GB/s per path, same bytes, same run (lmcache: its LocalCPUBackend)", rows)
         backends = bench_lmcache_backends(server.address, 64, 8, dram) if lmcache else []
         if backends:
             print_table("LMCache store/retrieve of 1 MiB chunks, 64 per call", backends)
