@@ -67,7 +67,15 @@ def _stats(stub: pb_grpc.AdminStub, args: argparse.Namespace, console: Console) 
             str(t.drops),
         )
     console.print(table)
-    console.print("devices: " + ", ".join(f"{t.name} {t.device}" for t in reply.tiers))
+    console.print(
+        "devices: "
+        + ", ".join(f"{t.name} {t.device}{' (shared memory)' if t.shared else ''}" for t in reply.tiers)
+    )
+    lease = reply.leases
+    console.print(
+        f"shared-memory leases: {lease.write_leases} writing ({human(lease.reserved_bytes)} reserved), "
+        f"{lease.read_leases} reading"
+    )
     console.print(
         f"get misses {reply.misses}   lookups {reply.lookups} "
         f"(blocks found {reply.lookup_hit_blocks})   namespaces: "

@@ -19,13 +19,14 @@ from shm_worker import block_of, key_of
 
 from kvstore.config import ConfigError
 from kvstore.errors import FailedPrecondition
+from kvstore.kvctl import main as kvctl
 from kvstore.server.process import ServerProcess
 from kvstore.tiers import share_host_tiers
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 
 WORKER = Path(__file__).with_name("shm_worker.py")
-TTL = 0.5
+TTL = 1.0
 
 
 @pytest.fixture
@@ -136,13 +137,19 @@ def test_client_on_another_host_falls_back_to_grpc(
 
 
 def test_uncommitted_blocks_are_invisible_and_their_slots_come_back(
-    server: ThreadedServer, stub: pb_grpc.KVStoreStub
+    server: ThreadedServer, stub: pb_grpc.KVStoreStub, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = used(server)
     key = key_of(1)
     reply = stub.Reserve(pb.ReserveRequest(namespace="t", blocks=[pb.BlockHeader(key=key, size=BLOCK)]))
     assert reply.slots[0].state == pb.SLOT_WRITE and reply.expires_in_s == TTL
     assert used(server)["hbm"] == before["hbm"] + BLOCK  # the slot is taken...
+    with grpc.insecure_channel(server.address) as channel:
+        stats = pb_grpc.AdminStub(channel).Stats(pb.StatsRequest())
+    assert (stats.leases.write_leases, stats.leases.reserved_bytes) == (1, BLOCK)
+    assert [t.shared for t in stats.tiers] == [True, True, False]
+    assert kvctl(["--address", server.address, "stats"]) == 0
+    assert "1 writing" in capsys.readouterr().out
     assert stub.Lookup(pb.LookupRequest(namespace="t", keys=[key])).prefix_blocks == 0  # ...not visible
     assert not next(iter(stub.Get(pb.GetRequest(namespace="t", keys=[key])))).found
     assert wait_for(lambda: used(server) == before)  # the lease expired: the slot is free again

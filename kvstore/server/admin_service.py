@@ -9,6 +9,7 @@ import grpc
 
 from kvstore import __version__
 from kvstore.errors import InvalidArgument
+from kvstore.leases import Leases
 from kvstore.server.convert import namespace_info
 from kvstore.server.errors import grpc_errors
 from kvstore.sessions import Session
@@ -20,8 +21,9 @@ MAX_LIST = 10_000
 
 
 class AdminService(pb_grpc.AdminServicer):
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, leases: Leases | None = None) -> None:
         self.store = store
+        self.leases = leases or Leases(store)
         self.started = time.monotonic()
 
     @grpc_errors
@@ -40,9 +42,11 @@ class AdminService(pb_grpc.AdminServicer):
                     moves_in=t.moves_in,
                     moves_out=t.moves_out,
                     drops=t.drops,
+                    shared=self.store.tier_by_name[t.name].segment is not None,
                 )
                 for t in s.tiers
             ],
+            leases=pb.LeaseStats(**self.leases.stats()),
             misses=s.misses,
             blocks=s.blocks,
             policy=s.policy,

@@ -83,7 +83,7 @@ class KVStoreServer:
         s = self.settings
         server = grpc.aio.server(options=grpc_options(s))
         pb_grpc.add_KVStoreServicer_to_server(KVStoreService(self.store, self.leases), server)
-        pb_grpc.add_AdminServicer_to_server(AdminService(self.store), server)
+        pb_grpc.add_AdminServicer_to_server(AdminService(self.store, self.leases), server)
         pb_grpc.add_AgentHintsServicer_to_server(AgentHintsService(self.store, self.kick_mover), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -100,7 +100,7 @@ class KVStoreServer:
         for name in ["", *SERVICE_NAMES]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.metrics_port is not None:
-            self._stop_metrics = serve_metrics(self.store, s.host, s.metrics_port)
+            self._stop_metrics = serve_metrics(self.store, s.host, s.metrics_port, self.leases)
         self._mover_task = asyncio.create_task(self._run_mover())
         log.info(
             "kvstore serving on %s (tiers: %s; policy %s)",

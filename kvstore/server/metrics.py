@@ -8,12 +8,14 @@ from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from kvstore.leases import Leases
 from kvstore.store import Store
 
 
 class StoreCollector(Collector):
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, leases: Leases | None = None) -> None:
         self.store = store
+        self.leases = leases
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         with self.store.lock:  # session tables change under the mover's thread
@@ -89,12 +91,21 @@ class StoreCollector(Collector):
             prefetch_bytes.add_metric([kind], n)
         yield prefetch_bytes
         yield GaugeMetricFamily("kvstore_sessions", "Open agent sessions", value=len(registry.sessions))
+        if self.leases is not None:
+            leases = GaugeMetricFamily(
+                "kvstore_leases",
+                "Open shared-memory leases, and bytes reserved by write leases",
+                labels=["kind"],
+            )
+            for kind, n in self.leases.stats().items():
+                leases.add_metric([kind], n)
+            yield leases
 
 
-def serve_metrics(store: Store, host: str, port: int) -> Callable[[], None]:
+def serve_metrics(store: Store, host: str, port: int, leases: Leases | None = None) -> Callable[[], None]:
     """Serve /metrics in a background thread; returns the function that stops it."""
     registry = CollectorRegistry()
-    registry.register(StoreCollector(store))
+    registry.register(StoreCollector(store, leases))
     httpd, thread = start_http_server(port, addr=host, registry=registry)
 
     def stop() -> None:

@@ -398,7 +398,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TierStats(_message.Message):
-    __slots__ = ("name", "used_bytes", "capacity_bytes", "blocks", "pinned_blocks", "hits", "moves_in", "moves_out", "drops", "device")
+    __slots__ = ("name", "used_bytes", "capacity_bytes", "blocks", "pinned_blocks", "hits", "moves_in", "moves_out", "drops", "device", "shared")
     NAME_FIELD_NUMBER: _ClassVar[int]
     USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -409,6 +409,7 @@ class TierStats(_message.Message):
     MOVES_OUT_FIELD_NUMBER: _ClassVar[int]
     DROPS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
     name: str
     used_bytes: int
     capacity_bytes: int
@@ -419,10 +420,21 @@ class TierStats(_message.Message):
     moves_out: int
     drops: int
     device: str
-    def __init__(self, name: _Optional[str] = ..., used_bytes: _Optional[int] = ..., capacity_bytes: _Optional[int] = ..., blocks: _Optional[int] = ..., pinned_blocks: _Optional[int] = ..., hits: _Optional[int] = ..., moves_in: _Optional[int] = ..., moves_out: _Optional[int] = ..., drops: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
+    shared: bool
+    def __init__(self, name: _Optional[str] = ..., used_bytes: _Optional[int] = ..., capacity_bytes: _Optional[int] = ..., blocks: _Optional[int] = ..., pinned_blocks: _Optional[int] = ..., hits: _Optional[int] = ..., moves_in: _Optional[int] = ..., moves_out: _Optional[int] = ..., drops: _Optional[int] = ..., device: _Optional[str] = ..., shared: bool = ...) -> None: ...
+
+class LeaseStats(_message.Message):
+    __slots__ = ("write_leases", "read_leases", "reserved_bytes")
+    WRITE_LEASES_FIELD_NUMBER: _ClassVar[int]
+    READ_LEASES_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    write_leases: int
+    read_leases: int
+    reserved_bytes: int
+    def __init__(self, write_leases: _Optional[int] = ..., read_leases: _Optional[int] = ..., reserved_bytes: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("tiers", "misses", "blocks", "policy", "namespaces", "uptime_s", "lookups", "lookup_hit_blocks")
+    __slots__ = ("tiers", "misses", "blocks", "policy", "namespaces", "uptime_s", "lookups", "lookup_hit_blocks", "leases")
     TIERS_FIELD_NUMBER: _ClassVar[int]
     MISSES_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -431,6 +443,7 @@ class StatsResponse(_message.Message):
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     LOOKUPS_FIELD_NUMBER: _ClassVar[int]
     LOOKUP_HIT_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    LEASES_FIELD_NUMBER: _ClassVar[int]
     tiers: _containers.RepeatedCompositeFieldContainer[TierStats]
     misses: int
     blocks: int
@@ -439,7 +452,8 @@ class StatsResponse(_message.Message):
     uptime_s: float
     lookups: int
     lookup_hit_blocks: int
-    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., misses: _Optional[int] = ..., blocks: _Optional[int] = ..., policy: _Optional[str] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceInfo, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., lookups: _Optional[int] = ..., lookup_hit_blocks: _Optional[int] = ...) -> None: ...
+    leases: LeaseStats
+    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., misses: _Optional[int] = ..., blocks: _Optional[int] = ..., policy: _Optional[str] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceInfo, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., lookups: _Optional[int] = ..., lookup_hit_blocks: _Optional[int] = ..., leases: _Optional[_Union[LeaseStats, _Mapping]] = ...) -> None: ...
 
 class ListBlocksRequest(_message.Message):
     __slots__ = ("namespace", "tier", "limit")
