@@ -84,6 +84,9 @@ class Leases:
         self.ttl_s = ttl_s
         self.shared_tiers = [t for t in store.tiers if t.segment is not None]
         self._segment_of = {t.name: i for i, t in enumerate(self.shared_tiers)}
+        # Names this server's segments in every lease reply (random per start).
+        first = self.shared_tiers[0].segment if self.shared_tiers else None
+        self.token = first.token if first is not None else b""
         self._active: dict[int, Lease] = {}
         self._deadlines: list[tuple[float, int]] = []  # heap; stale rows are skipped
         self._ids = itertools.count(1)

@@ -66,6 +66,11 @@ class AsyncClient:
                     self._attached = True
         return self._segments
 
+    def _detach(self) -> None:
+        """The server restarted with new segments: map them again on the next call."""
+        self._segments = None
+        self._attached = False
+
     async def _call(self, method: Any, request: Any) -> Any:
         try:
             return await method(request, timeout=self.timeout)
@@ -122,6 +127,10 @@ class AsyncClient:
         request, views = core.reserve_request(namespace, chain, session, pin)
         reply = await self._call(self._kv.Reserve, request)
         lease = pb.LeaseRequest(lease_id=reply.lease_id)
+        if reply.token != segments.token:
+            await self._call(self._kv.Release, lease)
+            self._detach()
+            return None
         try:
             no_room = core.write_slots(segments, reply, views, core.lease_deadline(started, reply))
         except core.LeaseRunningOut:
@@ -162,12 +171,17 @@ class AsyncClient:
                 namespace=namespace, keys=list(keys), session=session or "", stop_at_miss=stop_at_miss
             )
             reply = await self._call(self._kv.Acquire, request)
-            try:
-                blocks = core.read_leased(segments, reply, keys, into)
-            finally:
-                released = await self._call(self._kv.Release, pb.LeaseRequest(lease_id=reply.lease_id))
-            if released.valid:
-                return blocks
+            lease = pb.LeaseRequest(lease_id=reply.lease_id)
+            if reply.token != segments.token:
+                await self._call(self._kv.Release, lease)
+                self._detach()
+            else:
+                try:
+                    blocks = core.read_leased(segments, reply, keys, into)
+                finally:
+                    released = await self._call(self._kv.Release, lease)
+                if released.valid:
+                    return blocks
         call = self._kv.Get(core.get_request(namespace, keys, session, stop_at_miss), timeout=self.timeout)
         try:
             blocks = core.stored_blocks(keys, [reply async for reply in call])

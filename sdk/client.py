@@ -79,6 +79,13 @@ class Client:
                     self._attached = True
         return self._segments
 
+    def _detach(self) -> None:
+        """The server restarted with new segments: map them again on the next call. The old
+        mapping is dropped, not closed, since another thread may still copy from it."""
+        with self._attach_lock:
+            self._segments = None
+            self._attached = False
+
     def _call(self, method: Any, request: Any) -> Any:
         try:
             return method(request, timeout=self.timeout)
@@ -140,6 +147,10 @@ class Client:
         request, views = core.reserve_request(namespace, chain, session, pin)
         reply = self._call(self._kv.Reserve, request)
         lease = pb.LeaseRequest(lease_id=reply.lease_id)
+        if reply.token != segments.token:
+            self._call(self._kv.Release, lease)
+            self._detach()
+            return None
         try:
             no_room = core.write_slots(segments, reply, views, core.lease_deadline(started, reply))
         except core.LeaseRunningOut:
@@ -203,10 +214,15 @@ class Client:
             namespace=namespace, keys=list(keys), session=session or "", stop_at_miss=stop_at_miss
         )
         reply = self._call(self._kv.Acquire, request)
+        lease = pb.LeaseRequest(lease_id=reply.lease_id)
+        if reply.token != segments.token:
+            self._call(self._kv.Release, lease)
+            self._detach()
+            return None
         try:
             blocks = core.read_leased(segments, reply, keys, into)
         finally:
-            valid = self._call(self._kv.Release, pb.LeaseRequest(lease_id=reply.lease_id)).valid
+            valid = self._call(self._kv.Release, lease).valid
         return blocks if valid else None
 
     def lookup(

@@ -26,8 +26,9 @@ SHM_ROOT = Path("/dev/shm")
 class Segments:
     """The server's shared segments, mapped into this process."""
 
-    def __init__(self, maps: Sequence[mmap.mmap], lease_ttl_s: float) -> None:
+    def __init__(self, maps: Sequence[mmap.mmap], lease_ttl_s: float, token: bytes) -> None:
         self._maps = list(maps)
+        self.token = token  # the first segment's: lease replies carry it (a restart changes it)
         self._views = [memoryview(m)[HEADER_BYTES:] for m in self._maps]
         self.lease_ttl_s = lease_ttl_s
         self.capacity = sum(len(v) for v in self._views)
@@ -68,7 +69,7 @@ def attach(reply: pb.AttachSharedMemoryResponse) -> Segments | None:
             m.close()
         log.info("shared memory not reachable (%s); using gRPC for block bytes", exc)
         return None
-    return Segments(maps, reply.lease_ttl_s)
+    return Segments(maps, reply.lease_ttl_s, reply.segments[0].token)
 
 
 def _map(seg: pb.SharedSegment) -> mmap.mmap:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -333,3 +334,31 @@ def test_bench_dataplane_writes_its_figures(tmp_path: Path) -> None:
     assert row["block_mib"] == 1 and row["per_call"] == 2
     assert all(row[k] > 0 for k in ("raw", "shm_put", "shm_get", "grpc_put", "grpc_get"))
     assert main(["bench", "dataplane", "--sizes", "one"]) == 2
+
+
+def test_a_client_notices_the_server_restarted_with_new_segments(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["--port", str(port), "--hbm", "1MiB", "--hbm-device", "cpu", "--dram", "1MiB"]
+    config = tmp_path / "kvstore.yaml"
+    config.write_text(f"namespaces: [{{name: t, model: m, block_tokens: 4, block_bytes: {BLOCK}}}]\n")
+    old_key, new_key = key_of(1), key_of(2)
+    first = ServerProcess(tmp_path / "data", args, config=config)
+    kv = Client(f"127.0.0.1:{port}", timeout=20)
+    try:
+        kv.put("t", [old_key], [block_of(old_key, BLOCK)])
+        assert kv.transport == "shm"
+        first.terminate()
+        with ServerProcess(tmp_path / "data", args, config=config):
+            # another client fills the new server's slot where the old one kept old_key
+            with Client(f"127.0.0.1:{port}") as other:
+                other.delete("t", [old_key])
+                other.put("t", [new_key], [block_of(new_key, BLOCK)])
+            # the old mapping would show old_key's bytes: the client must not read it
+            assert kv.get("t", [new_key]) == [block_of(new_key, BLOCK)]
+            kv.put("t", [old_key], [block_of(old_key, BLOCK)])
+            assert kv.transport == "shm"  # attached to the new segments again
+            assert kv.get("t", [old_key, new_key]) == [block_of(old_key, BLOCK), block_of(new_key, BLOCK)]
+    finally:
+        kv.close()

@@ -122,6 +122,7 @@ class KVStoreService(pb_grpc.KVStoreServicer):
                 for s in slots
             ],
             expires_in_s=self.leases.ttl_s,
+            token=self.leases.token,
         )
 
     @grpc_errors
@@ -160,7 +161,9 @@ class KVStoreService(pb_grpc.KVStoreServicer):
                         size=b.size,
                     )
                 )
-        return pb.AcquireResponse(lease_id=lease.id, blocks=out, expires_in_s=self.leases.ttl_s)
+        return pb.AcquireResponse(
+            lease_id=lease.id, blocks=out, expires_in_s=self.leases.ttl_s, token=self.leases.token
+        )
 
     @grpc_errors
     async def Release(

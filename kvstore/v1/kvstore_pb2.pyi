@@ -216,14 +216,16 @@ class Slot(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., state: _Optional[_Union[SlotState, str]] = ..., segment: _Optional[int] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
 
 class ReserveResponse(_message.Message):
-    __slots__ = ("lease_id", "slots", "expires_in_s")
+    __slots__ = ("lease_id", "slots", "expires_in_s", "token")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_IN_S_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     lease_id: int
     slots: _containers.RepeatedCompositeFieldContainer[Slot]
     expires_in_s: float
-    def __init__(self, lease_id: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[Slot, _Mapping]]] = ..., expires_in_s: _Optional[float] = ...) -> None: ...
+    token: bytes
+    def __init__(self, lease_id: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[Slot, _Mapping]]] = ..., expires_in_s: _Optional[float] = ..., token: _Optional[bytes] = ...) -> None: ...
 
 class LeaseRequest(_message.Message):
     __slots__ = ("lease_id",)
@@ -272,14 +274,16 @@ class LeasedBlock(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., found: bool = ..., meta: _Optional[bytes] = ..., tier: _Optional[str] = ..., segment: _Optional[int] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ..., inline: bool = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class AcquireResponse(_message.Message):
-    __slots__ = ("lease_id", "blocks", "expires_in_s")
+    __slots__ = ("lease_id", "blocks", "expires_in_s", "token")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_IN_S_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     lease_id: int
     blocks: _containers.RepeatedCompositeFieldContainer[LeasedBlock]
     expires_in_s: float
-    def __init__(self, lease_id: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[LeasedBlock, _Mapping]]] = ..., expires_in_s: _Optional[float] = ...) -> None: ...
+    token: bytes
+    def __init__(self, lease_id: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[LeasedBlock, _Mapping]]] = ..., expires_in_s: _Optional[float] = ..., token: _Optional[bytes] = ...) -> None: ...
 
 class ReleaseResponse(_message.Message):
     __slots__ = ("valid",)
