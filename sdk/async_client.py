@@ -71,6 +71,15 @@ class AsyncClient:
         self._segments = None
         self._attached = False
 
+    async def _stale(self, segments: shm.Segments, reply: Any) -> bool:
+        """A lease reply naming other segments than ours (the server restarted): give the lease
+        back and map the new segments on the next call."""
+        if reply.token == segments.token:
+            return False
+        await self._call(self._kv.Release, pb.LeaseRequest(lease_id=reply.lease_id))
+        self._detach()
+        return True
+
     async def _call(self, method: Any, request: Any) -> Any:
         try:
             return await method(request, timeout=self.timeout)
@@ -127,9 +136,7 @@ class AsyncClient:
         request, views = core.reserve_request(namespace, chain, session, pin)
         reply = await self._call(self._kv.Reserve, request)
         lease = pb.LeaseRequest(lease_id=reply.lease_id)
-        if reply.token != segments.token:
-            await self._call(self._kv.Release, lease)
-            self._detach()
+        if await self._stale(segments, reply):
             return None
         try:
             no_room = core.write_slots(segments, reply, views, core.lease_deadline(started, reply))
@@ -172,10 +179,7 @@ class AsyncClient:
             )
             reply = await self._call(self._kv.Acquire, request)
             lease = pb.LeaseRequest(lease_id=reply.lease_id)
-            if reply.token != segments.token:
-                await self._call(self._kv.Release, lease)
-                self._detach()
-            else:
+            if not await self._stale(segments, reply):
                 try:
                     blocks = core.read_leased(segments, reply, keys, into)
                 finally:

@@ -86,6 +86,15 @@ class Client:
             self._segments = None
             self._attached = False
 
+    def _stale(self, segments: shm.Segments, reply: Any) -> bool:
+        """A lease reply naming other segments than ours (the server restarted): give the lease
+        back and map the new segments on the next call."""
+        if reply.token == segments.token:
+            return False
+        self._call(self._kv.Release, pb.LeaseRequest(lease_id=reply.lease_id))
+        self._detach()
+        return True
+
     def _call(self, method: Any, request: Any) -> Any:
         try:
             return method(request, timeout=self.timeout)
@@ -147,9 +156,7 @@ class Client:
         request, views = core.reserve_request(namespace, chain, session, pin)
         reply = self._call(self._kv.Reserve, request)
         lease = pb.LeaseRequest(lease_id=reply.lease_id)
-        if reply.token != segments.token:
-            self._call(self._kv.Release, lease)
-            self._detach()
+        if self._stale(segments, reply):
             return None
         try:
             no_room = core.write_slots(segments, reply, views, core.lease_deadline(started, reply))
@@ -215,9 +222,7 @@ class Client:
         )
         reply = self._call(self._kv.Acquire, request)
         lease = pb.LeaseRequest(lease_id=reply.lease_id)
-        if reply.token != segments.token:
-            self._call(self._kv.Release, lease)
-            self._detach()
+        if self._stale(segments, reply):
             return None
         try:
             blocks = core.read_leased(segments, reply, keys, into)

@@ -35,6 +35,8 @@ def test_precedence_yaml_env_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         ("namespaces:\n  - {name: a, model: m, hash: md5}\n", "namespaces.0.hash"),
         ("- just\n- a list\n", "mapping"),
         ("port: [\n", "not valid YAML"),
+        ("shared_memory:\n  enabled: maybe\n", "shared_memory.enabled"),
+        ("shared_memory:\n  lease_ttl_s: 0\n", "shared_memory.lease_ttl_s"),
     ],
 )
 def test_malformed_config_names_the_field(tmp_path: Path, yaml_text: str, field: str) -> None:

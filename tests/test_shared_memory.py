@@ -96,6 +96,8 @@ async def test_async_client_uses_shared_memory(server: ThreadedServer) -> None:
     async with AsyncClient(server.address) as kv:
         assert await kv.transport() == "shm"
         assert await kv.put("t", keys, data, session="s") == ["hbm"] * 3
+        session_blocks = server.store.sessions.sessions["s"].tiers["hbm"]
+        assert list(session_blocks) == [server.store.index.get("t", k) for k in keys]
         assert await kv.get("t", keys) == data
         out = [bytearray(BLOCK) for _ in keys]
         await kv.fetch("t", keys, into=out)
