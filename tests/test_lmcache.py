@@ -97,7 +97,7 @@ def kvstore_server(tmp_path: Path) -> Iterator[ServerProcess]:
     config.write_text(
         yaml.safe_dump(
             {
-                "dram": {"capacity": "128MiB"},
+                "dram": {"capacity": "32MiB"},  # fits a small /dev/shm (containers default to 64 MiB)
                 "disk": {"capacity": "256MiB"},
                 "namespaces": [
                     {
