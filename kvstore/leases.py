@@ -47,7 +47,7 @@ class BlockHeader:
 class Slot:
     key: bytes
     state: SlotState
-    segment: int = 0  # index into the store's shared tiers (`Leases.segments`)
+    segment: int = 0  # index into `Leases.shared_tiers`
     offset: int = 0
     size: int = 0
 
@@ -59,7 +59,7 @@ class LeasedBlock:
     key: bytes
     meta: bytes
     tier: str
-    segment: int = -1
+    segment: int = 0
     offset: int = 0
     size: int = 0
     data: bytes | None = None

@@ -11,16 +11,12 @@ import logging
 import mmap
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from kvstore.shm_header import HEADER_BYTES, SHM_ROOT, header
 from kvstore.v1 import kvstore_pb2 as pb
 
 log = logging.getLogger(__name__)
-
-MAGIC = b"KVSTORE-SHM-V1\0\0"  # kvstore/tiers/shared.py writes the same header
-HEADER_BYTES = 4096
-SHM_ROOT = Path("/dev/shm")
 
 
 class Segments:
@@ -82,8 +78,8 @@ def _map(seg: pb.SharedSegment) -> mmap.mmap:
         m = mmap.mmap(fd, HEADER_BYTES + seg.size)
     finally:
         os.close(fd)
-    header = m[: len(MAGIC) + len(seg.token)]
-    if header != MAGIC + seg.token:
+    expected = header(seg.token)
+    if m[: len(expected)] != expected:
         m.close()
         raise ValueError(f"segment {seg.name} belongs to another server")
     return m

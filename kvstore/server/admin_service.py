@@ -21,9 +21,9 @@ MAX_LIST = 10_000
 
 
 class AdminService(pb_grpc.AdminServicer):
-    def __init__(self, store: Store, leases: Leases | None = None) -> None:
+    def __init__(self, store: Store, leases: Leases) -> None:
         self.store = store
-        self.leases = leases or Leases(store)
+        self.leases = leases
         self.started = time.monotonic()
 
     @grpc_errors

@@ -17,9 +17,9 @@ from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 
 
 class KVStoreService(pb_grpc.KVStoreServicer):
-    def __init__(self, store: Store, leases: Leases | None = None) -> None:
+    def __init__(self, store: Store, leases: Leases) -> None:
         self.store = store
-        self.leases = leases or Leases(store)
+        self.leases = leases
 
     @grpc_errors
     async def Put(
@@ -141,26 +141,22 @@ class KVStoreService(pb_grpc.KVStoreServicer):
             request.session or None,
             request.stop_at_miss,
         )
-        out = []
-        for key, b in zip(request.keys, blocks, strict=False):
-            if b is None:
-                out.append(pb.LeasedBlock(key=key, found=False))
-            elif b.data is not None:
-                out.append(
-                    pb.LeasedBlock(key=key, found=True, meta=b.meta, tier=b.tier, inline=True, data=b.data)
-                )
-            else:
-                out.append(
-                    pb.LeasedBlock(
-                        key=key,
-                        found=True,
-                        meta=b.meta,
-                        tier=b.tier,
-                        segment=b.segment,
-                        offset=b.offset,
-                        size=b.size,
-                    )
-                )
+        out = [
+            pb.LeasedBlock(key=key, found=False)
+            if b is None
+            else pb.LeasedBlock(
+                key=key,
+                found=True,
+                meta=b.meta,
+                tier=b.tier,
+                segment=b.segment,
+                offset=b.offset,
+                size=b.size,
+                inline=b.data is not None,
+                data=b.data or b"",
+            )
+            for key, b in zip(request.keys, blocks, strict=False)
+        ]
         return pb.AcquireResponse(
             lease_id=lease.id, blocks=out, expires_in_s=self.leases.ttl_s, token=self.leases.token
         )

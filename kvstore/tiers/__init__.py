@@ -22,16 +22,11 @@ def build_tiers(settings: Settings) -> list[Tier]:
     hbm_on = settings.hbm.enabled == "on" or (settings.hbm.enabled == "auto" and cuda)
     hbm = hbm_device(settings.hbm.device)
     # Host tiers to share: DRAM, and HBM's CPU stand-in (a GPU's HBM would go by CUDA IPC instead).
-    host = {
-        "hbm": hbm_on and torch.device(hbm).type == "cpu",
-        "dram": settings.dram.enabled,
-    }
-    share = share_host_tiers(
-        settings,
-        sum(int(c.capacity) for name, c in (("hbm", settings.hbm), ("dram", settings.dram)) if host[name]),
-    )
+    hbm_on_host = hbm_on and torch.device(hbm).type == "cpu"
+    needed = int(settings.hbm.capacity) * hbm_on_host + int(settings.dram.capacity) * settings.dram.enabled
+    share = share_host_tiers(settings, needed)
     if hbm_on:
-        tiers.append(MemoryTier("hbm", int(settings.hbm.capacity), hbm, shared=share and host["hbm"]))
+        tiers.append(MemoryTier("hbm", int(settings.hbm.capacity), hbm, shared=share and hbm_on_host))
     if settings.dram.enabled:
         tiers.append(MemoryTier("dram", int(settings.dram.capacity), "cpu", pin_memory=cuda, shared=share))
     if settings.disk.enabled:

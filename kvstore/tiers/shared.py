@@ -1,6 +1,6 @@
 """A POSIX shared-memory segment that backs a memory tier, so same-host clients map its bytes.
 
-Layout: one 4 KiB header page (magic + a random token), then the tier's bytes. A client names
+Layout (kvstore/shm_header.py): a header page with a random token, then the tier's bytes. A client names
 the segment, maps it from its own /dev/shm and compares the token with the one the server sent
 over gRPC: a client on another host (or in another container) finds no such segment, or a
 different one, and falls back to gRPC. The server creates and unlinks it; if the server is
@@ -14,14 +14,10 @@ import logging
 import os
 import secrets
 from multiprocessing import shared_memory
-from pathlib import Path
+
+from kvstore.shm_header import HEADER_BYTES, SHM_ROOT, TOKEN_BYTES, header
 
 log = logging.getLogger(__name__)
-
-MAGIC = b"KVSTORE-SHM-V1\0\0"
-HEADER_BYTES = 4096
-TOKEN_BYTES = 16
-SHM_ROOT = Path("/dev/shm")
 
 
 def shm_room() -> int | None:
@@ -43,8 +39,8 @@ class SharedSegment:
         self.name = self._shm.name.lstrip("/")
         buf = self._shm.buf
         assert buf is not None
-        buf[: len(MAGIC)] = MAGIC
-        buf[len(MAGIC) : len(MAGIC) + TOKEN_BYTES] = self.token
+        first = header(self.token)
+        buf[: len(first)] = first
         self.data: memoryview | None = buf[HEADER_BYTES : HEADER_BYTES + size]
 
     def close(self) -> None:
