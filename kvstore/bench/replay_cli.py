@@ -89,15 +89,17 @@ def _plots(out: Path, samples: dict[str, list[float]], hbm_sweep: dict[str, dict
                 ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], where="post", label=policy
             )
     ax.set_xscale("log")
-    ax.set_xlabel("resume TTFT (s, log scale)")
-    ax.set_ylabel("fraction of resumed requests")
-    ax.set_title("Resume TTFT CDF")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    written.append(out / "resume_ttft_cdf.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    written.append(
+        _save(
+            plt,
+            fig,
+            ax,
+            "resume TTFT (s, log scale)",
+            "fraction of resumed requests",
+            "Resume TTFT CDF",
+            out / "resume_ttft_cdf.png",
+        )
+    )
     if hbm_sweep:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for policy, points in hbm_sweep.items():
@@ -108,16 +110,31 @@ def _plots(out: Path, samples: dict[str, list[float]], hbm_sweep: dict[str, dict
                 marker="o",
                 label=policy,
             )
-        ax.set_xlabel("HBM for the KV cache (GiB)")
-        ax.set_ylabel("warm resume rate")
-        ax.set_title("Warm-resume rate against HBM capacity")
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        written.append(out / "warm_resume_vs_hbm.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(
+            _save(
+                plt,
+                fig,
+                ax,
+                "HBM for the KV cache (GiB)",
+                "warm resume rate",
+                "Warm-resume rate against HBM capacity",
+                out / "warm_resume_vs_hbm.png",
+            )
+        )
     return written
+
+
+def _save(plt: Any, fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    """Label, grid and legend a plot, write it as a PNG and close it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def main(args: argparse.Namespace) -> int:
