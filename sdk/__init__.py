@@ -1,9 +1,11 @@
 """kvstore SDK: clients for engines and agent frameworks. Importing it does not import torch."""
 
-from kvstore.sdk.agent import AgentSession, AsyncAgentSession, Fanout, HintSender
+from kvstore.sdk.agent import AgentSession, AsyncAgentSession, Fanout, current_session, tool
 from kvstore.sdk.async_client import AsyncClient
 from kvstore.sdk.client import Client
 from kvstore.sdk.core import DEFAULT_ADDRESS, LookupResult, NamespaceInfo, StoredBlock
+from kvstore.sdk.pool import SessionPool
+from kvstore.sdk.sender import HintSender
 
 from kvstore.errors import (
     FailedPrecondition,
@@ -29,6 +31,9 @@ __all__ = [
     "NamespaceInfo",
     "NotFound",
     "ResourceExhausted",
+    "SessionPool",
     "StoredBlock",
     "Unavailable",
+    "current_session",
+    "tool",
 ]

@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from kvstore.shm_header import HEADER_BYTES, SHM_ROOT, header
+from kvstore.shm.header import HEADER_BYTES, SHM_ROOT, header
 from kvstore.v1 import kvstore_pb2 as pb
 
 log = logging.getLogger(__name__)
