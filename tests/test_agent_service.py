@@ -17,6 +17,7 @@ from conftest import BLOCK, ThreadedServer, make_settings
 from kvstore.sdk import AgentSession, AsyncAgentSession, Client
 
 from kvstore.kvctl import main as kvctl
+from kvstore.sessions import AwayKind
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 
@@ -42,7 +43,7 @@ def test_bad_hints_get_the_right_status_and_change_nothing(agent_server: Threade
         hints = pb_grpc.AgentHintsStub(channel)
         hints.OpenSession(pb.OpenSessionRequest(session="s", namespace="t"))
         call = hints.BeginToolCall(pb.BeginToolCallRequest(session="s", tool_name="pytest", expected_s=30))
-        before = (agent_server.store.mover.pending, dict(agent_server.store.sessions.hints))
+        before = (agent_server.store.plans.pending, dict(agent_server.store.sessions.hints))
         cases = [
             (
                 grpc.StatusCode.NOT_FOUND,
@@ -88,7 +89,7 @@ def test_bad_hints_get_the_right_status_and_change_nothing(agent_server: Threade
                 method(request)
             assert err.value.code() == code, (request, err.value.details())
             assert err.value.details()
-        assert (agent_server.store.mover.pending, dict(agent_server.store.sessions.hints)) == before
+        assert (agent_server.store.plans.pending, dict(agent_server.store.sessions.hints)) == before
         assert hints.EndToolCall(pb.EndToolCallRequest(call_id=call.call_id)).call_id == call.call_id
 
 
@@ -121,7 +122,7 @@ def test_agent_session_sends_ordered_hints(agent_server: ThreadedServer) -> None
     registry = agent_server.store.sessions
     assert session.id not in registry.sessions  # closed on exit
     assert registry.hints["begin_tool"] == 2 and registry.hints["end_tool"] == 2
-    assert registry.durations.history["lint"]
+    assert registry.returns.specific[AwayKind.TOOL_UNANNOUNCED]["lint"].samples
 
 
 async def test_async_twin(agent_server: ThreadedServer) -> None:
@@ -135,7 +136,7 @@ async def test_async_twin(agent_server: ThreadedServer) -> None:
 
         assert await fetch() == "page"
         assert await session.wait_ready(0.2)  # no blocks yet: trivially ready
-        assert session.flush() and session.healthy
+        assert await session.flush() and session.healthy
     assert agent_server.store.sessions.hints["end_tool"] == 2
 
 
@@ -197,10 +198,10 @@ def test_kvctl_sessions_and_metrics(tmp_path, capsys: pytest.CaptureFixture[str]
             assert session.flush()
             assert kvctl(["--address", srv.address, "sessions"]) == 0
             out = capsys.readouterr().out
-            assert "agent-7" in out and "in_tool" in out and "pytest" in out and "scheduled" in out
+            assert "agent-7" in out and "in_tool" in out and "pytest" in out
             assert kvctl(["--address", srv.address, "--json", "sessions"]) == 0
             listed = json.loads(capsys.readouterr().out)["sessions"][0]
-            assert listed["bytes_per_tier"] == {"hbm": str(2 * BLOCK)}
+            assert listed["bytes_per_tier"] == {"hbm": 2 * BLOCK}
             assert 30 < listed["expected_back_in_s"] <= 40
             session.end_tool_call(call_id)
             assert session.flush()

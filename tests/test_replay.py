@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kvstore.bench.replay import Replay, ScenarioError
+from kvstore.bench.replay import Replay
+from kvstore.bench.report import percentile
 from kvstore.bench.scenario import Scenario
-from kvstore.bench.traces import TraceError, read_trace
+from kvstore.bench.traces import TraceError, gaps, read_trace
 from kvstore.cli import main as kvstore_main
 from kvstore.store import Store
 
@@ -119,11 +120,12 @@ def test_with_unbounded_hbm_every_caching_policy_prefills_the_same(traces_dir: P
     assert amps["lru"] == pytest.approx(1.0)
 
 
-def test_oracle_is_never_worse_than_agent_on_the_shared_traces(traces_dir: Path) -> None:
-    paths = sorted((traces_dir / "agentic").glob("*.json"))
-    traces = [read_trace(p) for p in paths]
-    oracle = Replay(traces, "oracle", Scenario()).run()
-    agent = Replay(traces, "agent", Scenario()).run()
+def test_oracle_is_never_worse_than_agent_on_shared_traces(traces_dir: Path) -> None:
+    names = ("0002", "0006", "0007", "0404", "0408", "0464")
+    traces = [read_trace(traces_dir / "agentic" / f"trace_{n}.json") for n in names]
+    scenario = Scenario(sessions=4)
+    oracle = Replay(traces, "oracle", scenario).run()
+    agent = Replay(traces, "agent", scenario).run()
     assert oracle["warm_resume_rate"] >= agent["warm_resume_rate"]
 
 
@@ -175,56 +177,183 @@ def test_malformed_mooncake_lines_are_named(tmp_path: Path) -> None:
         read_trace(path)
 
 
-def test_hbm_smaller_than_a_request_is_a_clear_error(tmp_path: Path) -> None:
-    trace = read_trace(three_requests(tmp_path))
-    with pytest.raises(ScenarioError, match="raise --hbm"):
-        Replay([trace], "lru", Scenario(hbm=ByteSize_of(BLOCK_BYTES))).run()
+def test_a_request_larger_than_hbm_is_counted_and_prefilled_not_cached(tmp_path: Path) -> None:
+    trace = read_trace(three_requests(tmp_path))  # 2, 3 and 4 blocks
+    f = Replay([trace], "agent", Scenario(hbm=ByteSize_of(2 * BLOCK_BYTES))).run()
+    assert f["requests"] == 3 and f["oversize_requests"] == 2
+    assert f["resumed_requests"] == 0  # no cache could hold them: not a resume a policy controls
+    assert f["prefill_amplification"] == pytest.approx((8 + 12 + 16) / 16)
+    assert f["oversize_ttft_p50"] == pytest.approx(percentile([12 / 25_000, 16 / 25_000], 50))  # whole
 
 
-def test_cli_writes_json_and_plots_and_skips_hint_policies_on_mooncake(
+def two_sessions(tmp_path: Path) -> list:
+    """X computes blocks 1, 2, goes to a tool for 9 s, and resumes with 1, 2, 3; meanwhile Y's
+    request needs all of a 3-block HBM."""
+    x = write_session(
+        tmp_path / "x.json",
+        [
+            {"t": 0, "in": 8, "out": 1, "hash_ids": [1, 2], "stop": "tool_use", "api_time": 1.0},
+            {
+                "t": 10,
+                "in": 12,
+                "out": 1,
+                "hash_ids": [1, 2, 3],
+                "stop": "end_turn",
+                "api_time": 1.0,
+                "think_time": 9.0,
+            },
+        ],
+    )
+    y = write_session(
+        tmp_path / "y.json", [{"t": 0, "in": 12, "out": 1, "hash_ids": [7, 8, 9], "api_time": 1.0}]
+    )
+    return [read_trace(x), read_trace(y)]
+
+
+@pytest.mark.parametrize("policy", ["lru", "lru-offload"])
+def test_cache_stall_is_load_stall_plus_recompute_of_a_lost_prefix(tmp_path: Path, policy: str) -> None:
+    scenario = Scenario(hbm=ByteSize_of(3 * BLOCK_BYTES), sessions=2, stagger_s=5.0)
+    f = Replay(two_sessions(tmp_path), policy, scenario).run()
+    assert f["resumed_requests"] == 1 and f["warm_resume_rate"] == 0.0 and f["room_wait_p99"] == 0.0
+    if policy == "lru":  # X's blocks were dropped for Y's: 8 tokens of its prefix are prefilled again
+        stall, prefilled = 8 / 25_000, 12
+    else:  # demoted to DRAM: 2 blocks come back over the link, only the new block is prefilled
+        stall, prefilled = 2 * BLOCK_BYTES / 50e9, 4
+    assert f["cache_stall_mean"] == pytest.approx(stall)
+    assert f["resume_ttft_p50"] == pytest.approx(
+        stall + 4 / 25_000 if policy != "lru" else prefilled / 25_000
+    )
+
+
+def test_the_reader_takes_every_shared_trace(traces_dir: Path) -> None:
+    paths = sorted((traces_dir / "agentic").glob("*.json"))
+    assert len(paths) >= 39
+    traces = [read_trace(p) for p in paths]
+    requests = [r for t in traces for s in t.sessions for r in s.requests]
+    assert any(r.api_time is None for r in requests) and any(r.stop == "" for r in requests)
+    for t in traces:
+        for hold, think in gaps(t.sessions[0].requests, Scenario().decode_tps):
+            assert hold >= 0 and think >= 0
+
+
+def test_absent_timing_falls_back_to_the_gap_between_sends(tmp_path: Path) -> None:
+    trace = read_trace(
+        write_session(
+            tmp_path / "s.json",
+            [
+                {"t": 0, "type": "s", "in": 8, "out": 50, "hash_ids": [1, 2], "stop": ""},
+                {"t": 13, "type": "s", "in": 8, "out": 10, "hash_ids": [1, 2], "api_time": 2.0},
+                {"t": 20, "in": 8, "out": 10, "hash_ids": [1, 2], "api_time": 1.0, "think_time": 4.0},
+            ],
+        )
+    )
+    # no api_time: held 50 tokens / 50 tok/s = 1 s, the rest of the 13 s is the client's; then
+    # the recorded fields; the last request keeps its api_time
+    assert gaps(trace.sessions[0].requests, 50.0) == [(1.0, 12.0), (2.0, 4.0), (1.0, 0.0)]
+
+
+def shared(traces_dir: Path, *names: str) -> list:
+    return [read_trace(traces_dir / "agentic" / f"trace_{n}.json") for n in names]
+
+
+def test_without_hints_the_agent_policy_does_about_as_well_as_lru_offload(traces_dir: Path) -> None:
+    traces = shared(traces_dir, "0001", "0006", "0010", "0277")
+    scenario = Scenario(hints=False, sessions=4)
+    agent = Replay(traces, "agent", scenario).run()
+    lru = Replay(traces, "lru-offload", scenario).run()
+    assert agent["warm_resume_rate"] >= lru["warm_resume_rate"] - 0.01
+    assert agent["cache_stall_mean"] <= lru["cache_stall_mean"] * 1.1
+
+
+def test_the_user_activity_hint_warms_resumes_after_people(traces_dir: Path) -> None:
+    traces = shared(traces_dir, "0001", "0010", "0254", "0282")
+    scenario = Scenario(sessions=4)
+    without = Replay(traces, "agent", scenario).run()["warm_by_gap"]["human"]
+    with_hint = Replay(traces, "agent", scenario.model_copy(update={"user_active_s": 5.0})).run()
+    assert with_hint["warm_by_gap"]["human"]["warm_resume_rate"] >= without["warm_resume_rate"] + 0.05
+
+
+def test_an_engine_owning_hbm_changes_the_agent_not_lru_offload(traces_dir: Path) -> None:
+    traces = shared(traces_dir, "0001", "0006", "0010", "0277")
+    ours, engine = Scenario(sessions=4), Scenario(sessions=4, hbm_owner="engine")
+    base = Replay(traces, "lru-offload", ours).run()
+    assert Replay(traces, "lru-offload", engine).run()["warm_resume_rate"] == base["warm_resume_rate"]
+    agent_engine = Replay(traces, "agent", engine).run()
+    assert base["warm_resume_rate"] <= agent_engine["warm_resume_rate"]
+    assert agent_engine["warm_resume_rate"] < Replay(traces, "agent", ours).run()["warm_resume_rate"]
+    assert agent_engine["prefetch_precision"] is not None  # it still warms sessions into HBM
+
+
+def test_cli_writes_json_markdown_and_plots_and_skips_hint_policies_on_mooncake(
     tmp_path: Path, traces_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "r.json"
+    out, md = tmp_path / "r.json", tmp_path / "r.md"
     code = kvstore_main(
         [
             "bench",
             "replay",
             "--traces",
             str(traces_dir / "agentic" / "trace_0007.json"),
+            str(traces_dir / "agentic" / "trace_0404.json"),
             "--policies",
-            "lru-offload,agent",
+            "lru-offload,agent,oracle",
+            "--robustness",
             "--sigma-sweep",
             "0,1",
             "--hbm-sweep",
             "32GiB,64GiB",
+            "--sessions-sweep",
+            "1,2",
             "--jobs",
             "2",
             "--json",
             str(out),
+            "--markdown",
+            str(md),
             "--plots",
             str(tmp_path / "plots"),
         ]
     )
     assert code == 0
     doc = json.loads(out.read_text())
-    assert set(doc["results"]) == {"lru-offload", "agent"}
+    assert set(doc["scenario_results"]) == {"default", "busy"}
+    assert set(doc["results"]) == {
+        "lru-offload",
+        "agent",
+        "oracle",
+        "agent+active",
+        "agent (no hints)",
+        "agent (sigma 2)",
+    }
+    assert set(doc["scenario_results"]["busy"]) == {"lru-offload", "agent", "oracle", "agent+active"}
+    assert doc["scenarios"]["busy"]["sessions"] == 16 and doc["scenario"]["sessions"] == 8
+    agent = doc["results"]["agent"]
     assert {
         "warm_resume_rate",
+        "cache_stall_mean",
+        "cache_stall_p99",
+        "room_wait_p99",
+        "warm_by_gap",
+        "oversize_requests",
         "prefill_amplification",
-        "resume_ttft_p50",
-        "resume_ttft_p99",
         "bytes_moved_per_reused_byte",
-        "prefetch_precision",
-        "prefetch_late_rate",
-        "hbm_idle_gib_s",
-    } <= set(doc["results"]["agent"])
+    } <= set(agent)
+    assert set(agent["per_trace"]) == {
+        str(traces_dir / "agentic" / f) for f in ("trace_0007.json", "trace_0404.json")
+    }
     assert set(doc["sigma_sweep"]) == {"0.0", "1.0"} and set(doc["hbm_sweep"]["agent"]) == {
         "32.0GiB",
         "64.0GiB",
     }
+    assert set(doc["sessions_sweep"]["oracle"]) == {"1", "2"}
+    assert doc["sustained_sessions"]["agent"]["sessions"] in (0, 1, 2)
     assert doc["scenario"]["hbm"] == "40.0GiB" and doc["scenario"]["sigma"] == 0.5
-    assert (tmp_path / "plots" / "resume_ttft_cdf.png").stat().st_size > 1000
-    assert (tmp_path / "plots" / "warm_resume_vs_hbm.png").stat().st_size > 1000
+    text = md.read_text()
+    assert "per trace, default scenario" in text and "| trace_0007.json |" in text
+    assert "below lru-offload's on" in text
+    assert "replay, busy scenario" in capsys.readouterr().out
+    for plot in ("resume_ttft_cdf.png", "warm_resume_vs_hbm.png", "sessions_sweep.png"):
+        assert (tmp_path / "plots" / plot).stat().st_size > 1000
     sample = tmp_path / "conversation.jsonl"
     lines = (traces_dir / "mooncake" / "conversation_trace.jsonl").read_text().splitlines()[:60]
     sample.write_text("\n".join(lines) + "\n")
@@ -236,6 +365,8 @@ def test_cli_writes_json_and_plots_and_skips_hint_policies_on_mooncake(
             str(sample),
             "--policies",
             "lru,lru-offload,agent",
+            "--scenarios",
+            "default",
             "--jobs",
             "1",
             "--json",
@@ -258,3 +389,9 @@ def test_cli_rejects_bad_input_with_a_clear_message(
     assert "unknown policies" in capsys.readouterr().err
     assert kvstore_main(["bench", "replay", "--traces", str(trace), "--hbm", "lots"]) == 2
     assert "hbm" in capsys.readouterr().err
+    assert kvstore_main(["bench", "replay", "--traces", str(trace), "--scenarios", "default,weekend"]) == 2
+    assert "unknown scenarios" in capsys.readouterr().err
+    assert kvstore_main(["bench", "replay", "--traces", str(trace), "--sessions-sweep", "0,8"]) == 2
+    assert "--sessions-sweep" in capsys.readouterr().err
+    assert kvstore_main(["bench", "replay", "--traces", str(trace), "--jobs", "0"]) == 2
+    assert "--jobs" in capsys.readouterr().err

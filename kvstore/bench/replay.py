@@ -6,6 +6,12 @@ run, hints derived from the traces' tool structure — and measures (DESIGN §5)
 decision is the store's and the policy's: the replay never moves a block itself. Tiers are
 counting tiers, so hours of traces replay in seconds; transfers cost virtual time on the
 scenario's links.
+
+Hints, as an agent framework would send them: a request that ends in `tool_use` is followed by
+BeginToolCall with `expected = gap x lognormal(0, sigma)` and EndToolCall when the next request
+arrives; after `end_turn`, AwaitingUser, and with `user_active_s` a UserActive about that many
+seconds (x lognormal(0, 0.5)) before the person's next request; after a request whose stop reason
+was not recorded, nothing. `oracle` instead announces every gap exactly, as a tool call.
 """
 
 from __future__ import annotations
@@ -22,25 +28,24 @@ from dataclasses import dataclass, field
 
 from kvstore.bench.report import percentile
 from kvstore.bench.scenario import Scenario
-from kvstore.bench.traces import Request, Trace, TraceSession
+from kvstore.bench.traces import Request, Trace, TraceSession, gaps
+from kvstore.build import compose
 from kvstore.clock import VirtualClock
-from kvstore.config import AgentConfig
 from kvstore.hashing import Namespace
 from kvstore.hints import Hints
-from kvstore.policy.agent import AgentPolicy
-from kvstore.policy.base import Policy
-from kvstore.policy.lru import LRUPolicy
-from kvstore.policy.ttl import TTLPolicy
-from kvstore.sessions import SessionRegistry, ToolDurations
+from kvstore.mover import Links
+from kvstore.policy import AgentConfig, TTLConfig
+from kvstore.sessions import ReturnTimes
 from kvstore.store import PutBlock, Store
 from kvstore.tiers.counting import CountingTier
 
 POLICIES = ("recompute", "lru", "lru-offload", "ttl", "agent", "oracle")
 NEEDS_HINTS = {"ttl", "agent", "oracle"}
+GAP_KINDS = ("tool", "human", "none")  # what preceded a resume: a tool call, the person, no hint
 GiB = 2**30
+USER_ACTIVE_SIGMA = 0.5  # spread of the simulated UserActive lead (lognormal)
 
 _KEY = struct.Struct("<QQ")
-_SALTED_KEY = struct.Struct("<QQQ")
 
 
 class ScenarioError(ValueError):
@@ -52,6 +57,10 @@ def _percentile(values: list[float], q: float) -> float | None:
     return percentile(values, q) if values else None
 
 
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 @dataclass(eq=False)
 class SimSession:
     sid: str
@@ -59,10 +68,10 @@ class SimSession:
     scope: int
     namespace: str
     top_level: bool
+    timing: list[tuple[float, float]]  # (hold, think) per request
     next_index: int = 0
     open_call: str | None = None
-    prefetch_planned: bool = False
-    seq: int = 0
+    gap_kind: str = "none"
 
 
 @dataclass
@@ -70,10 +79,16 @@ class Tally:
     requests: int = 0
     resumed: int = 0
     warm: int = 0
+    oversize: int = 0
     prefilled_tokens: int = 0
     new_tokens: int = 0
     resume_ttft: list[float] = field(default_factory=list)
     first_ttft: list[float] = field(default_factory=list)
+    cache_stall: list[float] = field(default_factory=list)
+    oversize_ttft: list[float] = field(default_factory=list)
+    room_wait: list[float] = field(default_factory=list)
+    resumed_by_gap: dict[str, int] = field(default_factory=lambda: dict.fromkeys(GAP_KINDS, 0))
+    warm_by_gap: dict[str, int] = field(default_factory=lambda: dict.fromkeys(GAP_KINDS, 0))
     reused_bytes: int = 0
     prefetched_resumes: int = 0
     late_resumes: int = 0
@@ -81,32 +96,45 @@ class Tally:
     waited_s: float = 0.0
     block_ops: int = 0
 
+    def resume_figures(self) -> dict[str, float | int | None]:
+        return {
+            "resumed_requests": self.resumed,
+            "warm_resume_rate": self.warm / self.resumed if self.resumed else None,
+            "cache_stall_mean": _mean(self.cache_stall),
+            "cache_stall_p99": _percentile(self.cache_stall, 99),
+        }
+
+
+def policy_name(policy: str, scenario: Scenario) -> str:
+    """The store policy a replay policy runs: `lru` and `recompute` are LRU over HBM alone,
+    `lru-offload` LRU over every tier, `oracle` the agent policy fed the exact future."""
+    if policy not in POLICIES:
+        raise ScenarioError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
+    if policy in ("agent", "oracle"):
+        return "agent"
+    if policy == "ttl" and scenario.hbm_owner != "engine":  # Continuum lives in the engine's scheduler:
+        return "ttl"  # with the engine's plain LRU it is lru-offload
+    return "lru"
+
 
 def make_store(policy: str, scenario: Scenario, namespaces: list[Namespace]) -> Store:
     """The store a policy runs on: `lru` and `recompute` keep KV in HBM only; the others tier it."""
-    agent = AgentConfig(prefetch_margin_s=scenario.prefetch_margin_s)
     tiers = [CountingTier("hbm", int(scenario.hbm))]
     if policy not in ("lru", "recompute"):
         tiers += [CountingTier("dram", int(scenario.dram)), CountingTier("disk", int(scenario.disk))]
-    chosen: Policy
-    if policy in ("agent", "oracle"):
-        chosen = AgentPolicy(agent)
-    elif policy == "ttl":
-        chosen = TTLPolicy(scenario.ttl_s)
-    elif policy in ("recompute", "lru", "lru-offload"):
-        chosen = LRUPolicy()
-    else:
-        raise ScenarioError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
-    return Store(
+    agent = AgentConfig(prefetch_margin_s=scenario.prefetch_margin_s)
+    return compose(
         tiers,
         namespaces,
-        chosen,
-        VirtualClock(),
-        sessions=SessionRegistry(
-            ToolDurations(None, agent.learned_quantile, agent.default_tool_s, agent.announced_quantile)
-        ),
-        link_bandwidths=scenario.link_bandwidths(),
+        policy_name(policy, scenario),
+        clock=VirtualClock(),
+        returns=ReturnTimes(None, agent.default_tool_s),
+        links=Links(scenario.link_bandwidths()),
+        agent=agent,
+        ttl=TTLConfig(ttl_s=scenario.ttl_s),
+        engine_owns_top=scenario.hbm_owner == "engine",
         virtual_transfers=True,
+        io_workers=1,
     )
 
 
@@ -126,6 +154,7 @@ class Replay:
             )
         self.policy = policy
         self.scenario = scenario
+        self.hinted = scenario.hints and policy != "recompute"
         self.progress = progress
         self.observer = observer  # called after every event and job (invariant checks)
         block_sizes = sorted({s.block_tokens for t in traces for s in t.sessions})
@@ -138,26 +167,17 @@ class Replay:
         self.clock: VirtualClock = self.store.clock  # type: ignore[assignment]
         self.top = self.store.tiers[0]
         self.zero = {bt: memoryview(bytes(ns.block_bytes)) for bt, ns in self.namespaces.items()}
-        largest = max(
-            len(r.hash_ids) * s.block_tokens * scenario.bytes_per_token
-            for t in traces
-            for s in t.sessions
-            for r in s.requests
-        )
-        if largest > self.top.capacity:
-            raise ScenarioError(
-                f"HBM of {scenario.hbm.human_readable(decimal=False)} cannot hold the largest "
-                f"request's KV ({largest / GiB:.1f} GiB); raise --hbm"
-            )
         scopes: dict[str, int] = {}
         self.queue = deque((s, scopes.setdefault(s.scope, len(scopes))) for t in traces for s in t.sessions)
+        self.scope_names = {i: name for name, i in scopes.items()}
         self.total_requests = sum(self._count(s) for t in traces for s in t.sessions)
         self.events: list[tuple[float, int, str, object]] = []
         self.seq = itertools.count()
         self.waiting: deque[tuple[SimSession, float]] = deque()
         self.computed: set[bytes] = set()
+        self.running_bytes = 0  # `recompute`: HBM held by running requests
         self.tally = Tally()
-        self.last_t = 0.0
+        self.per_trace: dict[int, Tally] = {}
         self.ids = itertools.count()
 
     @staticmethod
@@ -172,9 +192,9 @@ class Replay:
     def _advance(self, t: float) -> None:
         """Move virtual time to t, running the policy's jobs at their due times on the way."""
         store = self.store
-        while (due := store.mover.next_due()) is not None and due <= t:
+        while (due := store.plans.next_due()) is not None and due <= t:
             self._tick(max(due, self.clock.now()))
-            store.run_due_jobs()
+            store.run_due()
             if self.observer is not None:
                 self.observer(store)
         self._tick(t)
@@ -199,6 +219,8 @@ class Replay:
                 self._arrive(data)  # type: ignore[arg-type]
             elif kind == "finish":
                 self._finish(*data)  # type: ignore[misc]
+            elif kind == "user_active":
+                self._user_active(*data)  # type: ignore[misc]
             if self.observer is not None:
                 self.observer(self.store)
         return self._figures(time.perf_counter() - started)
@@ -215,6 +237,7 @@ class Replay:
             scope,
             self.namespaces[trace_session.block_tokens].name,
             top_level,
+            gaps(trace_session.requests, self.scenario.decode_tps),
         )
         self.hints.open_session(sim.sid, sim.namespace)
         self._spawn_subagents(sim, -1)
@@ -227,38 +250,50 @@ class Replay:
 
     # ------------------------------------------------------------------ requests
 
-    def _keys(self, sim: SimSession, request: Request, salted: bool) -> list[bytes]:
-        if salted:  # recompute: no reuse across requests
-            return [_SALTED_KEY.pack(sim.scope, h, sim.seq) for h in request.hash_ids]
+    def _keys(self, sim: SimSession, request: Request) -> list[bytes]:
         return [_KEY.pack(sim.scope, h) for h in request.hash_ids]
+
+    def _tallies(self, sim: SimSession) -> tuple[Tally, Tally]:
+        trace = self.per_trace.get(sim.scope)
+        if trace is None:
+            trace = self.per_trace[sim.scope] = Tally()
+        return self.tally, trace
 
     def _arrive(self, sim: SimSession) -> None:
         now = self.clock.now()
         request = sim.trace.requests[sim.next_index]
-        keys = self._keys(sim, request, salted=False)
+        keys = self._keys(sim, request)
         session = self.store.sessions.sessions[sim.sid]
-        if sim.next_index > 0:  # a resume: measure it as it arrives, before the hint lands
-            reusable = self._computed_prefix(keys)
+        if sim.next_index > 0 and not self._oversize(request, sim):  # a resume: measure it as it
+            reusable = self._computed_prefix(keys)  # arrives, before the hint lands
             match = self.store.index.longest_prefix(sim.namespace, keys[:reusable])
             in_flight = session.prefetch.done_at is not None and session.prefetch.done_at > now
-            if sim.prefetch_planned:
-                self.tally.prefetched_resumes += 1
-                if in_flight or session.prefetch.status == "scheduled":
-                    self.tally.late_resumes += 1
-            self.tally.resumed += 1
-            if (
+            warm = (
                 match.blocks == reusable
                 and not in_flight
                 and all(e.tier == self.top.name for e in match.entries)
-            ):
-                self.tally.warm += 1
+            )
+            for t in self._tallies(sim):
+                t.resumed += 1
+                t.resumed_by_gap[sim.gap_kind] += 1
+                if session.prefetch.bytes:
+                    t.prefetched_resumes += 1
+                    t.late_resumes += in_flight
+                if warm:
+                    t.warm += 1
+                    t.warm_by_gap[sim.gap_kind] += 1
         if sim.open_call is not None:
             self.hints.end_tool_call(sim.open_call)
             sim.open_call = None
-            self.store.run_due_jobs()  # an urgent prefetch starts now
-        sim.prefetch_planned = False
+            self.store.run_due()  # what the end of the call started runs now
         self.waiting.append((sim, now))
         self._start_waiting()
+
+    def _user_active(self, sim: SimSession, index: int) -> None:
+        session = self.store.sessions.sessions.get(sim.sid)
+        if session is not None and sim.next_index == index and session.away is not None:
+            self.hints.user_active(sim.sid)
+            self.store.run_due()
 
     def _computed_prefix(self, keys: list[bytes]) -> int:
         """Blocks of the chain's longest prefix that some earlier request computed (reusable)."""
@@ -267,8 +302,14 @@ class Replay:
                 return i
         return len(keys)
 
+    def _oversize(self, request: Request, sim: SimSession) -> bool:
+        """Its KV alone exceeds HBM: an engine prefills it and caches nothing."""
+        return len(request.hash_ids) * self.store.namespaces[sim.namespace].block_bytes > self.top.capacity
+
     def _fits(self, keys: list[bytes], namespace: str) -> bool:
         block_bytes = self.store.namespaces[namespace].block_bytes
+        if self.policy == "recompute":
+            return len(keys) * block_bytes <= self.top.capacity - self.running_bytes
         held = 0
         for key in keys:
             entry = self.store.index.get(namespace, key)
@@ -282,22 +323,27 @@ class Replay:
         while self.waiting:
             sim, arrived = self.waiting[0]
             request = sim.trace.requests[sim.next_index]
-            salted = self.policy == "recompute"
-            sim.seq = next(self.seq)
-            keys = self._keys(sim, request, salted)
+            if self._oversize(request, sim):
+                self.waiting.popleft()
+                self._serve_oversize(sim, request, arrived)
+                continue
+            keys = self._keys(sim, request)
             if not self._fits(keys, sim.namespace):
                 return
             self.waiting.popleft()
             self._serve(sim, request, keys, arrived)
 
     def _serve(self, sim: SimSession, request: Request, keys: list[bytes], arrived: float) -> None:
+        if self.policy == "recompute":
+            self._serve_uncached(sim, request, keys, arrived)
+            return
         store, now, ns = self.store, self.clock.now(), sim.namespace
         block_tokens = sim.trace.block_tokens
         block_bytes = store.namespaces[ns].block_bytes
         top = self.top.name
-        stored = store.lookup(ns, keys, session=sim.sid).blocks
         session = store.sessions.sessions[sim.sid]
         stall = max(0.0, (session.prefetch.done_at or 0.0) - now)  # a prefetch still on the link
+        stored = store.lookup(ns, keys, session=sim.sid).blocks
         promotion = store.promote(ns, keys[:stored], session=sim.sid, pin=True)
         stored = promotion.blocks
         for src, nbytes in promotion.moved.items():
@@ -310,77 +356,136 @@ class Replay:
             ]
         )
         pinned = keys[:stored] + [k for k, tier in zip(keys[stored:], placed, strict=True) if tier]
-        reusable_keys = keys if self.policy != "recompute" else self._keys(sim, request, salted=False)
-        reusable = self._computed_prefix(reusable_keys)
-        self.computed.update(reusable_keys)
+        reusable = self._computed_prefix(keys)
+        self.computed.update(keys)
         prefilled = request.in_tokens - min(request.in_tokens, stored * block_tokens)
+        new = request.in_tokens - min(request.in_tokens, reusable * block_tokens)
         prefill_s = prefilled / self.scenario.prefill_tps
-        ttft = (now - arrived) + stall + prefill_s
-        t = self.tally
-        t.requests += 1
-        t.waited_s += now - arrived
-        t.prefilled_tokens += prefilled
-        t.new_tokens += request.in_tokens - min(request.in_tokens, reusable * block_tokens)
-        t.reused_bytes += stored * block_bytes
-        t.block_ops += len(keys) * 3 + stored  # lookup, pin/put, unpin; promote
-        (t.resume_ttft if sim.next_index > 0 else t.first_ttft).append(ttft)
-        api_time = request.api_time or request.out_tokens / self.scenario.decode_tps
-        self._push(now + max(api_time, stall + prefill_s), "finish", (sim, pinned))
+        self._record(sim, now - arrived, stall, prefilled, new, stored * block_bytes, len(keys) * 3 + stored)
+        hold = sim.timing[sim.next_index][0]
+        self._push(now + max(hold, stall + prefill_s), "finish", (sim, pinned, 0))
         if self.progress is not None:
             self.progress(1)
 
-    def _finish(self, sim: SimSession, pinned: list[bytes]) -> None:
-        self.store.unpin(sim.namespace, pinned)
+    def _serve_uncached(self, sim: SimSession, request: Request, keys: list[bytes], arrived: float) -> None:
+        """`recompute`: no prefix cache, so no block outlives its request and nothing is placed;
+        HBM holds only running requests (accounted here), and every input token is prefilled."""
+        now = self.clock.now()
+        held = len(keys) * self.store.namespaces[sim.namespace].block_bytes
+        self.running_bytes += held
+        reusable = self._computed_prefix(keys)
+        self.computed.update(keys)
+        block_tokens = sim.trace.block_tokens
+        new = request.in_tokens - min(request.in_tokens, reusable * block_tokens)
+        self._record(sim, now - arrived, 0.0, request.in_tokens, new, 0, 0)
+        prefill_s = request.in_tokens / self.scenario.prefill_tps
+        self._push(now + max(sim.timing[sim.next_index][0], prefill_s), "finish", (sim, [], held))
+        if self.progress is not None:
+            self.progress(1)
+
+    def _serve_oversize(self, sim: SimSession, request: Request, arrived: float) -> None:
+        """Prefilled whole and not cached, as an engine serves a request larger than its KV pool."""
+        now = self.clock.now()
+        keys = self._keys(sim, request)
+        reusable = self._computed_prefix(keys)
+        self.computed.update(keys)
+        new = request.in_tokens - min(request.in_tokens, reusable * sim.trace.block_tokens)
+        ttft = now - arrived + request.in_tokens / self.scenario.prefill_tps
+        for t in self._tallies(sim):
+            t.oversize += 1
+            t.requests += 1
+            t.prefilled_tokens += request.in_tokens
+            t.new_tokens += new
+            t.oversize_ttft.append(ttft)
+        hold = sim.timing[sim.next_index][0]
+        self._push(now + max(hold, request.in_tokens / self.scenario.prefill_tps), "finish", (sim, [], 0))
+        if self.progress is not None:
+            self.progress(1)
+
+    def _record(
+        self, sim: SimSession, waited: float, stall: float, prefilled: int, new: int, reused: int, ops: int
+    ) -> None:
+        prefill_tps = self.scenario.prefill_tps
+        ttft = waited + stall + prefilled / prefill_tps
+        for t in self._tallies(sim):
+            t.requests += 1
+            t.waited_s += waited
+            t.prefilled_tokens += prefilled
+            t.new_tokens += new
+            t.reused_bytes += reused
+            t.block_ops += ops
+            if sim.next_index > 0:
+                t.resume_ttft.append(ttft)
+                t.room_wait.append(waited)
+                t.cache_stall.append(stall + (prefilled - new) / prefill_tps)
+            else:
+                t.first_ttft.append(ttft)
+
+    def _finish(self, sim: SimSession, pinned: list[bytes], held: int) -> None:
+        if pinned:
+            self.store.unpin(sim.namespace, pinned)
+        self.running_bytes -= held
         index = sim.next_index
         requests = sim.trace.requests
         self._spawn_subagents(sim, index)
         if index + 1 < len(requests):
-            self._plan_gap(sim, requests[index], requests[index + 1])
+            think = sim.timing[index][1]
+            self._plan_gap(sim, requests[index], think)
+            self.store.run_due()  # what the hint planned for now
             sim.next_index += 1
-            self._push(self.clock.now() + requests[index + 1].think_time, "arrive", sim)
+            self._push(self.clock.now() + think, "arrive", sim)
         else:
             self.hints.close_session(sim.sid)
+            self.store.run_due()
             if sim.top_level:
                 self._next_session()
         self._start_waiting()
 
-    def _plan_gap(self, sim: SimSession, done: Request, upcoming: Request) -> None:
-        """The hints an agent framework would send for the gap before `upcoming` (DESIGN §5); every
-        policy gets them (the baselines ignore them), so all run the same code path."""
-        gap = max(upcoming.think_time, 1e-3)
-        if done.stop == "tool_use" or self.policy == "oracle":
+    def _plan_gap(self, sim: SimSession, done: Request, think: float) -> None:
+        """The hints an agent framework would send for the gap before the next request (DESIGN §5);
+        every policy gets them (the baselines ignore them), so all run the same code path."""
+        sim.gap_kind = {"tool_use": "tool", "end_turn": "human"}.get(done.stop, "none")
+        if not self.hinted:
+            return
+        gap = max(think, 1e-3)
+        noise = random.Random(f"{self.scenario.seed}:{sim.sid}:{sim.next_index}")
+        if self.policy == "oracle" or sim.gap_kind == "tool":
             if self.policy == "oracle":
                 expected = gap  # the exact future, for tool calls and people alike
             else:
-                noise = random.Random(f"{self.scenario.seed}:{sim.sid}:{sim.next_index}")
                 expected = (
                     gap * noise.lognormvariate(0.0, self.scenario.sigma) if self.scenario.sigma else gap
                 )
             call_id = f"{sim.sid}:{sim.next_index}"
-            self.hints.begin_tool_call(
-                sim.sid,
-                "tool" if done.stop == "tool_use" else "user",
-                max(min(expected, 6 * 86400.0), 1e-3),
-                call_id,
-            )
+            self.hints.begin_tool_call(sim.sid, sim.gap_kind, max(min(expected, 6 * 86400.0), 1e-3), call_id)
             sim.open_call = call_id
-            sim.prefetch_planned = self.policy in ("agent", "oracle")
-        else:
+        elif sim.gap_kind == "human":
             self.hints.awaiting_user(sim.sid)
+            if self.scenario.user_active_s > 0:
+                lead = self.scenario.user_active_s * noise.lognormvariate(0.0, USER_ACTIVE_SIGMA)
+                at = self.clock.now() + max(0.0, gap - lead)
+                self._push(at, "user_active", (sim, sim.next_index + 1))
 
     # ------------------------------------------------------------------ figures
 
     def _figures(self, wall_s: float) -> dict[str, object]:
         t, store = self.tally, self.store
-        moved = sum(link.bytes for link in store.mover.links.values())
-        moves = sum(link.moves for link in store.mover.links.values())
+        moved = sum(link.bytes for link in store.links.measured.values())
+        moves = sum(link.moves for link in store.links.measured.values())
         pf = store.sessions.prefetch_bytes
         return {
             "policy": self.policy,
             "requests": t.requests,
-            "resumed_requests": t.resumed,
-            "warm_resume_rate": t.warm / t.resumed if t.resumed else None,
+            **t.resume_figures(),
+            "oversize_requests": t.oversize,
+            "oversize_ttft_p50": _percentile(t.oversize_ttft, 50),
+            "warm_by_gap": {
+                kind: {"resumed": t.resumed_by_gap[kind], "warm_resume_rate": _ratio(t.warm_by_gap[kind], n)}
+                for kind in GAP_KINDS
+                if (n := t.resumed_by_gap[kind])
+            },
             "prefill_amplification": t.prefilled_tokens / t.new_tokens if t.new_tokens else None,
+            "room_wait_p99": _percentile(t.room_wait, 99),
             "resume_ttft_p50": _percentile(t.resume_ttft, 50),
             "resume_ttft_p99": _percentile(t.resume_ttft, 99),
             "first_ttft_p50": _percentile(t.first_ttft, 50),
@@ -394,4 +499,12 @@ class Replay:
             "replay_wall_s": wall_s,
             "requests_per_s": t.requests / wall_s if wall_s else math.inf,
             "block_ops_per_s": (t.block_ops + moves) / wall_s if wall_s else math.inf,
+            "per_trace": {
+                self.scope_names[scope]: tally.resume_figures()
+                for scope, tally in sorted(self.per_trace.items())
+            },
         }
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return part / whole if whole else None

@@ -34,6 +34,16 @@ class Scenario(BaseModel):
     stagger_s: float = Field(10.0, ge=0, description="slot i starts at i x stagger")
     sigma: float = Field(0.5, ge=0, le=5, description="hint noise: expected = gap x lognormal(0, sigma)")
     seed: int = 0
+    hints: bool = Field(True, description="send hints at all (False: a tenant that sends none)")
+    user_active_s: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description="send UserActive this many s (x lognormal(0, 0.5)) before a person's request",
+    )
+    hbm_owner: Literal["kvstore", "engine"] = Field(
+        "kvstore", description="engine: HBM evicts by the engine's LRU whatever the policy (DESIGN §1)"
+    )
     ttl_s: float = Field(10.0, gt=0, description="the ttl baseline's TTL after a tool call begins")
     prefetch_margin_s: float = Field(0.2, ge=0, description="the agent policy's extra prefetch lead")
 

@@ -26,9 +26,30 @@ class Request:
     in_tokens: int
     out_tokens: int
     hash_ids: list[int]
-    stop: str  # "tool_use", "end_turn", or "" (no structure)
-    api_time: float
-    think_time: float
+    stop: str  # "tool_use", "end_turn", or "" (not recorded)
+    api_time: float | None  # how long the server took; absent on some streaming requests
+    think_time: float | None  # the client's gap before this request; absent on some
+
+
+def gaps(requests: list[Request], decode_tps: float) -> list[tuple[float, float]]:
+    """(hold, think) per request: how long it runs on the server, and the client's gap after it
+    before the next one. Where a timing field is absent, follow the format's own replayer: the
+    gap between consecutive `t` values covers both (the hold estimated from the output length at
+    `decode_tps`, never longer than that gap)."""
+    out = []
+    for i, r in enumerate(requests):
+        hold = r.api_time if r.api_time is not None else r.out_tokens / decode_tps
+        if i + 1 == len(requests):
+            out.append((hold, 0.0))
+            continue
+        nxt = requests[i + 1]
+        if r.api_time is not None and nxt.think_time is not None:
+            out.append((hold, nxt.think_time))
+        else:
+            span = max(0.0, nxt.t - r.t)
+            hold = min(hold, span)
+            out.append((hold, span - hold))
+    return out
 
 
 @dataclass(slots=True)
@@ -61,6 +82,13 @@ def _need(obj: dict[str, Any], key: str, kinds: type | tuple[type, ...], where: 
     return value
 
 
+def _optional_seconds(obj: dict[str, Any], key: str, where: str) -> float | None:
+    """A timing field the format allows to be absent (or null)."""
+    if obj.get(key) is None:
+        return None
+    return float(_need(obj, key, (int, float), where))
+
+
 def _hash_ids(obj: dict[str, Any], where: str) -> list[int]:
     ids = _need(obj, "hash_ids", list, where)
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
@@ -91,8 +119,8 @@ def _agentic_session(raw: list[Any], path: Path, sid: str, block_tokens: int, wh
                 out_tokens=_need(r, "out", int, at),
                 hash_ids=_hash_ids(r, at),
                 stop=stop,
-                api_time=float(_need(r, "api_time", (int, float), at)),
-                think_time=float(r.get("think_time", 0.0) or 0.0),
+                api_time=_optional_seconds(r, "api_time", at),
+                think_time=_optional_seconds(r, "think_time", at),
             )
         )
     return session
@@ -134,8 +162,8 @@ def read_mooncake(path: Path, block_tokens: int = 512) -> Trace:
                 out_tokens=_need(r, "output_length", int, at),
                 hash_ids=_hash_ids(r, at),
                 stop="",
-                api_time=0.0,
-                think_time=0.0,
+                api_time=None,
+                think_time=None,
             )
             sessions.append(
                 TraceSession(f"{path.stem}:{n}", [request], block_tokens=block_tokens, scope=str(path))

@@ -8,30 +8,45 @@ past them; they come back when the TTL ends (where their last use places them) o
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from kvstore.index import BlockEntry
+from kvstore.plans import Plan, PlanKind
+from kvstore.policy.base import PolicyView
 from kvstore.policy.lru import LRUPolicy
 
 if TYPE_CHECKING:
     from kvstore.sessions import Session
 
 
+class TTLConfig(BaseModel):
+    """Knobs of the `ttl` baseline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ttl_s: float = Field(
+        10.0, gt=0, le=86400, description="how long a session's KV is kept after a tool call begins"
+    )
+
+
 class TTLPolicy(LRUPolicy):
     name = "ttl"
 
-    def __init__(self, ttl_s: float = 10.0) -> None:
-        super().__init__()
-        self.ttl_s = ttl_s
+    def __init__(self, view: PolicyView, config: TTLConfig | None = None) -> None:
+        super().__init__(view)
+        self.ttl_s = (config or TTLConfig()).ttl_s
         self._kept: dict[str, tuple[float, OrderedDict[BlockEntry, None]]] = {}  # session -> (until, blocks)
         self._keeper: dict[BlockEntry, str] = {}
 
-    def on_session(self, session: Session, event: str) -> None:
+    def on_session(self, session: Session, event: str) -> list[Plan]:
         if event == "begin_tool":
             self._release(session.id)
-            top = self.store.tiers[0].name
+            top = self.view.tiers[0].name
             order = self._tier(top)
-            until = self.store.clock.now() + self.ttl_s
+            until = self.view.now() + self.ttl_s
             kept: OrderedDict[BlockEntry, None] = OrderedDict()
             for entry in session.tiers.get(top, ()):
                 if entry in order and entry not in self._keeper:
@@ -39,14 +54,17 @@ class TTLPolicy(LRUPolicy):
                     kept[entry] = None
                     self._keeper[entry] = session.id
             self._kept[session.id] = (until, kept)
-            self.store.mover.schedule(lambda: self._expire(session.id, until), until, 40, f"ttl {session.id}")
-        elif event == "close":
+            return [Plan(PlanKind.CHECK, until, ref=session.id)]
+        if event == "close":
             self._release(session.id)
+        return []
 
-    def _expire(self, sid: str, until: float) -> None:
-        kept = self._kept.get(sid)
-        if kept is not None and kept[0] == until:
-            self._release(sid)
+    def on_check(self, plan: Plan) -> list[Plan]:
+        """A session's TTL is up (unless a newer tool call kept it again)."""
+        kept = self._kept.get(plan.ref)
+        if kept is not None and kept[0] == plan.not_before:
+            self._release(plan.ref)
+        return []
 
     def _release(self, sid: str) -> None:
         """Put a session's kept blocks back in the LRU order where their last use places them
@@ -86,13 +104,11 @@ class TTLPolicy(LRUPolicy):
         self._unkeep(entry)
         super().on_pin(entry)
 
-    def victim(self, tier: str, sooner_than: float | None = None) -> BlockEntry | None:
-        entry = super().victim(tier)
-        if entry is not None or tier != self.store.tiers[0].name:
-            return entry
-        # Everything left is kept: the TTL yields (soonest to expire first) rather than fail.
-        for _, kept in sorted(self._kept.values(), key=lambda k: k[0]):
-            for candidate in kept:
-                if candidate.movable:
-                    return candidate
-        return None
+    def order(self, tier: str) -> Iterator[tuple[BlockEntry, float]]:
+        yield from super().order(tier)
+        if tier == self.view.tiers[0].name:
+            # Then what is kept: the TTL yields (soonest to expire first) rather than fail.
+            for _, kept in sorted(self._kept.values(), key=lambda k: k[0]):
+                for candidate in kept:
+                    if candidate.movable:
+                        yield candidate, 0.0
