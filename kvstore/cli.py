@@ -1,4 +1,4 @@
-"""`kvstore`: run the service (`serve`) and its benchmarks (`bench ...`)."""
+"""`kvstore`: run the service (`serve`), the chat proxy (`proxy`) and the benchmarks (`bench ...`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from kvstore import __version__
 from kvstore.config import ConfigError, load_settings
+from kvstore.sdk.core import DEFAULT_ADDRESS
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -80,11 +81,76 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _proxy_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "proxy",
+        help="run the OpenAI/Anthropic-compatible proxy that turns chat traffic into hints",
+        description="Forward chat requests to an engine unchanged (streams chunk by chunk) and derive "
+        "kvstore hints from them: the session from x-session-id, the harness's own session header, "
+        "prompt_cache_key, metadata.user_id or user; tool calls, their ends and finished turns from "
+        "the answers. The session goes to the engine in kv_transfer_params.",
+    )
+    p.add_argument("--upstream", required=True, help="the engine's base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 picks a free one)")
+    p.add_argument(
+        "--kvstore", default=DEFAULT_ADDRESS, help=f"kvstore server address (default {DEFAULT_ADDRESS})"
+    )
+    p.add_argument("--namespace", default="default", help="kvstore namespace of the engine's KV")
+    p.add_argument(
+        "--session-key",
+        action="append",
+        metavar="KEY",
+        help="key of kv_transfer_params that names the session for the engine's connector (default "
+        "session_id; lmcache.tag.session_id for LMCache's); repeat for several",
+    )
+    p.add_argument(
+        "--no-kv-transfer-params",
+        action="store_true",
+        help="leave chat requests exactly as they came (for an upstream that refuses unknown fields)",
+    )
+    p.add_argument("--max-sessions", type=int, default=1000, help="sessions the proxy keeps state for")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    p.set_defaults(run=_run_proxy)
+
+
+def _run_proxy(args: argparse.Namespace) -> int:
+    from urllib.parse import urlsplit
+
+    upstream = urlsplit(args.upstream)
+    if upstream.scheme not in ("http", "https") or not upstream.hostname:
+        print(f"kvstore proxy: --upstream {args.upstream!r} is not an http(s) URL", file=sys.stderr)
+        return 2
+    if not 0 <= args.port <= 65535 or args.max_sessions < 1:
+        print("kvstore proxy: --port must be 0-65535 and --max-sessions at least 1", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from kvstore.proxy.app import ProxyConfig, serve
+    from kvstore.proxy.tagging import SESSION_KEY
+
+    config = ProxyConfig(
+        upstream=args.upstream,
+        kvstore=args.kvstore,
+        namespace=args.namespace,
+        session_keys=() if args.no_kv_transfer_params else tuple(args.session_key or [SESSION_KEY]),
+        max_sessions=args.max_sessions,
+    )
+    try:
+        asyncio.run(serve(config, args.host, args.port))
+    except OSError as exc:
+        print(f"kvstore proxy: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvstore", description="Agent-aware KV-cache tiering service.")
     parser.add_argument("--version", action="version", version=f"kvstore {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _serve_parser(sub)
+    _proxy_parser(sub)
     from kvstore.bench import add_bench_parser
 
     add_bench_parser(sub)

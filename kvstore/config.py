@@ -16,6 +16,8 @@ from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, fi
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from kvstore.hashing import HASHES, Namespace
+from kvstore.policy.agent import AgentConfig
+from kvstore.policy.ttl import TTLConfig
 
 DEFAULT_PORT = 50551
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
@@ -58,38 +60,6 @@ class SharedMemoryConfig(BaseModel):
     enabled: Literal["auto", "on", "off"] = "auto"
     lease_ttl_s: float = Field(
         30.0, gt=0, le=3600, description="a reserved or acquired slot is taken back after this long"
-    )
-
-
-class AgentConfig(BaseModel):
-    """Knobs of the agent policy (DESIGN §4)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    offload_eagerly: bool = Field(
-        False,
-        description="a session's blocks leave HBM at once when it starts a "
-        "tool call or waits on its user, not only under pressure",
-    )
-    prefetch_margin_s: float = Field(0.2, ge=0, le=600, description="extra lead before a tool's expected end")
-    link_bandwidth: ByteSize = Field(
-        ByteSize(8 * 10**9), ge=1, description="bytes/s assumed for HBM<-DRAM before moves were measured"
-    )
-    default_tool_s: float = Field(10.0, gt=0, le=86400, description="expected duration of a never-seen tool")
-    learned_quantile: float = Field(
-        0.25, ge=0, le=1, description="quantile of past durations used as expected"
-    )
-    announced_quantile: float = Field(
-        0.1, ge=0, le=1, description="plan with this quantile of actual/announced durations seen per tool"
-    )
-    overrun_grace_s: float = Field(2.0, ge=0, le=86400)
-    overrun_grace_fraction: float = Field(
-        0.5, ge=0, le=100, description="grace = max(overrun_grace_s, fraction x expected)"
-    )
-    running_idle_s: float = Field(
-        60.0,
-        gt=0,
-        description="a session with no request and no hint for this long has no prediction (LRU order)",
     )
 
 
@@ -155,6 +125,7 @@ class Settings(BaseSettings):
     disk: DiskConfig = DiskConfig()
     shared_memory: SharedMemoryConfig = SharedMemoryConfig()
     agent: AgentConfig = AgentConfig()
+    ttl: TTLConfig = TTLConfig()
     namespaces: list[NamespaceConfig] = Field(default_factory=_default_namespaces)
 
     @field_validator("policy")

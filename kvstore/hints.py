@@ -1,9 +1,10 @@
-"""Agent hints: validate, update the session, and let the policy plan.
+"""Agent hints: validate, move the session to its new state, and queue what the policy plans.
 
 Every method checks its whole input first and raises a `kvstore.errors` exception without
-changing anything; then it updates the session registry and tells the policy (which may schedule
-prefetches and offloads through the mover). The AgentHints gRPC service is a thin adapter over
-this class, and the replay benchmark calls it directly.
+changing anything; then, under the store's lock (bookkeeping only: no bytes move here), it
+updates the session registry and hands the policy's plans to the plan queue, which the server's
+mover thread executes (the replay runs them as its clock passes). The AgentHints gRPC service
+is a thin adapter over this class, run off the event loop, and the replay calls it directly.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import uuid
 from dataclasses import dataclass
 
 from kvstore.errors import FailedPrecondition, InvalidArgument, NotFound
-from kvstore.sessions import Fanout, Session, State, ToolCall
+from kvstore.sessions import Fanout, Session, ToolCall
+from kvstore.sessions.returns import AwayKind
 from kvstore.store import Store
 
 MAX_DURATION_S = 7 * 86400.0
@@ -53,6 +55,10 @@ class Hints:
         self.store = store
         self.registry = store.sessions
 
+    def _plan_locked(self, session: Session, event: str) -> None:
+        self.registry.count_hint(event)
+        self.store.actions.queue(self.store.policy.on_session(session, event))
+
     def session(self, session_id: str) -> Session:
         _check_id(session_id, "session")
         session = self.registry.sessions.get(session_id)
@@ -69,30 +75,29 @@ class Hints:
                 raise FailedPrecondition(
                     f"session {session_id!r} is already open in namespace {existing.namespace!r}"
                 )
+            tenant = self.store.namespaces[namespace].tenant
+            session = self.registry.open(session_id, namespace, self.store.clock.now(), tenant)
             self.registry.count_hint("open")
-            session = self.registry.open(session_id, namespace, self.store.clock.now())
-            session.last_active = self.store.clock.now()
             return session
 
     def close_session(self, session_id: str) -> Session:
         with self.store.lock:
             session = self.session(session_id)
-            self.registry.count_hint("close")
             if session.fanout is not None:
-                self.store.release_fanout(session, session.fanout.fanout_id)
-            self.store.policy.on_session(session, "close")
+                self.store.actions.release_fanout_locked(session, session.fanout.fanout_id)
+            self._plan_locked(session, "close")
             self.registry.close(session)
             return session
 
     def bind(self, session_id: str, namespace: str, keys: list[bytes]) -> Session:
         """Attach the stored part of a chain to a session; keys not stored are ignored."""
+        self.store.check_keys(keys)
         with self.store.lock:
             session = self.session(session_id)
             if namespace != session.namespace:
                 raise InvalidArgument(
                     f"session {session_id!r} lives in namespace {session.namespace!r}, not {namespace!r}"
                 )
-            self.store._check_keys(keys)
             for key in keys:
                 entry = self.store.index.get(namespace, key)
                 if entry is not None:
@@ -110,31 +115,24 @@ class Hints:
             _check_id(call_id, "call_id")
         with self.store.lock:
             session = self.session(session_id)
-            if session.state is State.IN_TOOL and session.tool is not None:
+            if session.tool is not None:
                 raise FailedPrecondition(
-                    f"session {session_id!r} is already in tool call "
-                    f"{session.tool.call_id!r} ({session.tool.tool_name}); end it first"
+                    f"session {session_id!r} is already in tool call {session.tool.call_id!r} "
+                    f"({session.tool.tool_name}); end it first"
                 )
             call_id = call_id or uuid.uuid4().hex
             if call_id in self.registry.calls:
                 raise FailedPrecondition(f"call_id {call_id!r} is already in use")
             now = self.store.clock.now()
-            durations = self.registry.durations
-            announced = expected_s is not None
-            expected = expected_s if announced else durations.expected(tool_name)
-            planned = expected * durations.planning_factor(tool_name) if announced else expected
-            session.state, session.overdue = State.IN_TOOL, False
-            session.tool = ToolCall(call_id, tool_name, now, expected, planned, announced)
-            session.last_active = now
-            self.registry.calls[call_id] = session
-            self.registry.count_hint("begin_tool")
-            session.prefetch.status, session.prefetch.scheduled_at = "none", None
-            session.prefetch.done_at, session.prefetch.bytes, session.prefetch.wasted_bytes = None, 0, 0
-            self.store.policy.on_session(session, "begin_tool")
-            scheduled = session.prefetch.scheduled_at
-            return ToolCallPlan(
-                call_id, expected, max(0.0, scheduled - now) if scheduled is not None else 0.0
+            expected = expected_s
+            if expected is None:
+                expected = self.registry.returns.median_s(AwayKind.TOOL_UNANNOUNCED, tool_name)
+            self.registry.start_tool(
+                session, ToolCall(call_id, tool_name, now, expected, expected_s is not None)
             )
+            self._plan_locked(session, "begin_tool")
+            back = self.store.policy.planned_return(session)
+            return ToolCallPlan(call_id, expected, max(0.0, back - now) if back is not None else 0.0)
 
     def end_tool_call(self, call_id: str) -> ToolCallPlan:
         _check_id(call_id, "call_id")
@@ -142,28 +140,27 @@ class Hints:
             session = self.registry.calls.get(call_id)
             if session is None or session.tool is None:
                 raise NotFound(f"no open tool call {call_id!r} (already ended, or never begun)")
-            now = self.store.clock.now()
             call = session.tool
-            self.registry.durations.record(
-                call.tool_name, now - call.started, call.expected_s if call.announced else None
-            )
-            del self.registry.calls[call_id]
-            session.state, session.tool, session.overdue = State.RUNNING, None, False
-            session.last_active = now
-            self.registry.count_hint("end_tool")
-            self.store.policy.on_session(session, "end_tool")
+            self.registry.end_tool(session, self.store.clock.now())
+            self._plan_locked(session, "end_tool")
             return ToolCallPlan(call_id, call.expected_s, 0.0)
 
     def awaiting_user(self, session_id: str) -> Session:
+        return self._wait_on_user(session_id, active=False)
+
+    def user_active(self, session_id: str) -> Session:
+        """The session's person is active (typing, approving a step): the next request is near."""
+        return self._wait_on_user(session_id, active=True)
+
+    def _wait_on_user(self, session_id: str, active: bool) -> Session:
         with self.store.lock:
             session = self.session(session_id)
-            if session.state is State.IN_TOOL:
+            if session.tool is not None:
                 raise FailedPrecondition(
                     f"session {session_id!r} is in a tool call; end it before waiting on the user"
                 )
-            session.state = State.AWAITING_USER
-            self.registry.count_hint("awaiting_user")
-            self.store.policy.on_session(session, "awaiting_user")
+            self.registry.wait_on_user(session, self.store.clock.now(), active)
+            self._plan_locked(session, "user_active" if active else "awaiting_user")
             return session
 
     def announce_fanout(self, session_id: str, n: int, ttl_s: float, fanout_id: str = "") -> Fanout:
@@ -183,8 +180,7 @@ class Hints:
                 raise FailedPrecondition(f"fanout_id {fanout_id!r} is already in use")
             session.fanout = Fanout(fanout_id, n, self.store.clock.now() + ttl_s)
             self.registry.fanouts[fanout_id] = session
-            self.registry.count_hint("fanout")
-            self.store.policy.on_session(session, "fanout")
+            self._plan_locked(session, "fanout")
             return session.fanout
 
     def branch_done(self, fanout_id: str) -> int:
@@ -198,7 +194,7 @@ class Hints:
             left = session.fanout.branches_left
             self.registry.count_hint("branch_done")
             if left == 0:
-                self.store.release_fanout(session, fanout_id)
+                self.store.actions.release_fanout_locked(session, fanout_id)
             return left
 
     def residency(self, session_id: str) -> Residency:

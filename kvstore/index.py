@@ -24,12 +24,14 @@ class BlockEntry:
     pins: int = 0
     # Transfers reading this block right now: it must not be freed or moved under them.
     readers: int = 0
+    # Being moved: its bytes are on their way to another tier (readable here until the move ends).
+    moving: bool = False
     last_use: float = 0.0
     sessions: set[str] | None = None
 
     @property
     def movable(self) -> bool:
-        return self.pins == 0 and self.readers == 0
+        return self.pins == 0 and self.readers == 0 and not self.moving
 
     def staged(self, tier: str) -> BlockEntry:
         """A copy to allocate and write in another tier before the block moves there."""
@@ -59,6 +61,10 @@ class Index:
 
     def __len__(self) -> int:
         return self._count
+
+    def blocks(self, namespace: str) -> dict[bytes, BlockEntry]:
+        """The namespace's blocks by key, to read many at a time (never to change)."""
+        return self._by_ns.get(namespace) or {}
 
     def get(self, namespace: str, key: bytes) -> BlockEntry | None:
         blocks = self._by_ns.get(namespace)

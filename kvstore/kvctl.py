@@ -1,7 +1,8 @@
-"""`kvctl`: operate a running kvstore over gRPC (the Admin service).
+"""`kvctl`: operate a running kvstore over gRPC (the Admin service, and AgentHints for sessions).
 
-Tables by default (rich), `--json` for scripts. Exit status: 0 ok, 1 the server refused or is
-unreachable, 2 bad usage.
+Tables by default (rich), `--json` for scripts: numbers are JSON numbers and keys are hex, as
+`kvctl evict` takes them. The options `--address`, `--json`, `--wide` and `--timeout` go before
+or after the command. Exit status: 0 ok, 1 the server refused or is unreachable, 2 bad usage.
 """
 
 from __future__ import annotations
@@ -14,16 +15,21 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from pydantic import ByteSize, TypeAdapter, ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from kvstore import __version__
 from kvstore.sdk.core import DEFAULT_ADDRESS, target
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 
 _SIZE = TypeAdapter(ByteSize)
+SHORT_KEY = 12  # hex digits of a key in a table without --wide
+SHORT_ID = 16  # characters of a session id in a table without --wide
+WIDE = 100_000  # console width under --wide: tables take their natural width, nothing is cut
 
 
 def human(n: float) -> str:
@@ -44,10 +50,49 @@ def _hex_key(text: str) -> bytes:
         raise argparse.ArgumentTypeError(f"{text!r} is not a hex block key") from None
 
 
-def _stats(stub: pb_grpc.AdminStub, args: argparse.Namespace, console: Console) -> Any:
-    reply = stub.Stats(pb.StatsRequest(), timeout=args.timeout)
+def to_json(message: Message) -> dict[str, Any]:
+    """A reply as JSON: numbers stay numbers (protobuf's own JSON makes 64-bit ones strings),
+    bytes become hex, every field is present except unset optional ones."""
+    out: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            item = field.message_type.fields_by_name["value"]
+            out[field.name] = {k: _json_value(item, v) for k, v in value.items()}
+        elif field.is_repeated:
+            out[field.name] = [_json_value(field, v) for v in value]
+        elif not field.has_presence or message.HasField(field.name):
+            out[field.name] = _json_value(field, value)
+    return out
+
+
+def _json_value(field: FieldDescriptor, value: Any) -> Any:
+    if field.message_type is not None:
+        return to_json(value)
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return value.hex()
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return field.enum_type.values_by_number[value].name
+    return value
+
+
+def _key(key: bytes, wide: bool) -> str:
+    text = key.hex()
+    return text if wide or len(text) <= SHORT_KEY else text[:SHORT_KEY] + "…"
+
+
+def _id_column(table: Table, name: str, wide: bool) -> None:
+    """A column of ids: whole under --wide; otherwise cut with an ellipsis, never wrapped."""
+    if wide:
+        table.add_column(name, no_wrap=True)
+    else:
+        table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=SHORT_ID)
+
+
+def _stats(channel: grpc.Channel, args: argparse.Namespace, console: Console) -> Any:
+    reply = pb_grpc.AdminStub(channel).Stats(pb.StatsRequest(), timeout=args.timeout)
     if args.json:
-        return reply
+        return to_json(reply)
     table = Table(
         title=f"kvstore {args.address} — policy {reply.policy}, {reply.blocks} blocks, "
         f"up {reply.uptime_s:.0f}s"
@@ -84,20 +129,23 @@ def _stats(stub: pb_grpc.AdminStub, args: argparse.Namespace, console: Console) 
     return None
 
 
-def _blocks(stub: pb_grpc.AdminStub, args: argparse.Namespace, console: Console) -> Any:
-    reply = stub.ListBlocks(
+def _blocks(channel: grpc.Channel, args: argparse.Namespace, console: Console) -> Any:
+    reply = pb_grpc.AdminStub(channel).ListBlocks(
         pb.ListBlocksRequest(namespace=args.namespace or "", tier=args.tier or "", limit=args.limit),
         timeout=args.timeout,
     )
     if args.json:
-        return reply
+        return to_json(reply)
     table = Table(title=f"{len(reply.blocks)} of {reply.total} blocks, most recently used first")
-    for col in ("namespace", "key", "tier", "size", "pins", "idle", "sessions"):
+    table.add_column("namespace")
+    table.add_column("key", no_wrap=True)
+    for col in ("tier", "size", "pins", "idle"):
         table.add_column(col)
+    _id_column(table, "sessions", args.wide)
     for b in reply.blocks:
         table.add_row(
             b.namespace,
-            b.key.hex()[:16] + "…",
+            _key(b.key, args.wide),
             b.tier,
             human(b.size),
             str(b.pins),
@@ -108,12 +156,18 @@ def _blocks(stub: pb_grpc.AdminStub, args: argparse.Namespace, console: Console)
     return None
 
 
-def _evict(stub: pb_grpc.AdminStub, args: argparse.Namespace, console: Console) -> Any:
+def _evict(channel: grpc.Channel, args: argparse.Namespace, console: Console) -> Any:
     if bool(args.keys) == bool(args.tier):
         raise SystemExit("kvctl evict: give either block keys (with --namespace) or --tier with --bytes")
     if args.tier and not args.bytes:
         raise SystemExit("kvctl evict: --tier needs --bytes (how much to free)")
-    reply = stub.Evict(
+    admin = pb_grpc.AdminStub(channel)
+    # Which tiers the blocks leave: demoting from the bottom tier, or with no room below, drops a
+    # block, and the server's reply does not say which happened. The drops counter of the tiers
+    # they left does, read before and after.
+    sources = [args.tier] if args.tier else _tiers_of(channel, args)
+    before = _drops(admin, args.timeout)
+    reply = admin.Evict(
         pb.EvictRequest(
             namespace=args.namespace or "",
             keys=args.keys,
@@ -123,23 +177,42 @@ def _evict(stub: pb_grpc.AdminStub, args: argparse.Namespace, console: Console) 
         ),
         timeout=args.timeout,
     )
+    after = _drops(admin, args.timeout)
+    dropped = min(reply.blocks, sum(after.get(t, 0) - before.get(t, 0) for t in set(sources)))
+    demoted = reply.blocks - dropped
     if args.json:
-        return reply
-    verb = "dropped" if args.drop else "demoted"
-    console.print(f"{verb} {reply.blocks} blocks ({human(reply.bytes)})")
+        return {**to_json(reply), "demoted": demoted, "dropped": dropped}
+    parts = [f"demoted {demoted}"] if demoted or not dropped else []
+    parts += [f"dropped {dropped}"] if dropped else []
+    console.print(f"{', '.join(parts)} of {reply.blocks} blocks ({human(reply.bytes)})")
     return None
+
+
+def _drops(admin: pb_grpc.AdminStub, timeout: float) -> dict[str, int]:
+    return {t.name: t.drops for t in admin.Stats(pb.StatsRequest(), timeout=timeout).tiers}
+
+
+def _tiers_of(channel: grpc.Channel, args: argparse.Namespace) -> list[str]:
+    """The tier each named key is in now (keys not stored are left out)."""
+    kv = pb_grpc.KVStoreStub(channel)
+    tiers = []
+    for key in args.keys:
+        found = kv.Lookup(pb.LookupRequest(namespace=args.namespace or "", keys=[key]), timeout=args.timeout)
+        tiers += found.tiers
+    return tiers
 
 
 def _ago(seconds: float) -> str:
     return f"in {seconds:.1f}s" if seconds >= 0 else f"{-seconds:.1f}s ago"
 
 
-def _sessions(stub: pb_grpc.AdminStub, args: argparse.Namespace, console: Console) -> Any:
-    reply = stub.ListSessions(pb.ListSessionsRequest(), timeout=args.timeout)
+def _sessions(channel: grpc.Channel, args: argparse.Namespace, console: Console) -> Any:
+    reply = pb_grpc.AdminStub(channel).ListSessions(pb.ListSessionsRequest(), timeout=args.timeout)
     if args.json:
-        return reply
+        return to_json(reply)
     table = Table(title=f"{len(reply.sessions)} sessions")
-    for col in ("session", "state", "tool", "expected back", "bytes per tier", "prefetch"):
+    _id_column(table, "session", args.wide)
+    for col in ("state", "tool", "expected back", "bytes per tier", "prefetch"):
         table.add_column(col)
     for s in reply.sessions:
         tool = f"{s.tool_name} for {s.in_tool_s:.1f}s" if s.tool_name else ""
@@ -157,10 +230,22 @@ def _sessions(stub: pb_grpc.AdminStub, args: argparse.Namespace, console: Consol
     return None
 
 
-def _health(stub: pb_grpc.AdminStub, args: argparse.Namespace, console: Console) -> Any:
-    reply = stub.Health(pb.HealthRequest(), timeout=args.timeout)
+def _session_close(channel: grpc.Channel, args: argparse.Namespace, console: Console) -> Any:
+    reply = pb_grpc.AgentHintsStub(channel).CloseSession(
+        pb.SessionRequest(session=args.session_id), timeout=args.timeout
+    )
     if args.json:
-        return reply
+        return to_json(reply)
+    console.print(
+        f"closed session {reply.session}: its blocks stay stored, no longer held for it", soft_wrap=True
+    )
+    return None
+
+
+def _health(channel: grpc.Channel, args: argparse.Namespace, console: Console) -> Any:
+    reply = pb_grpc.AdminStub(channel).Health(pb.HealthRequest(), timeout=args.timeout)
+    if args.json:
+        return to_json(reply)
     style = "green" if reply.status == "SERVING" else "red"
     console.print(f"[{style}]{reply.status}[/{style}]  kvstore {reply.version}, up {reply.uptime_s:.0f}s")
     for t in reply.tiers:
@@ -168,28 +253,50 @@ def _health(stub: pb_grpc.AdminStub, args: argparse.Namespace, console: Console)
     return None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kvctl", description="Operate a running kvstore server.")
-    parser.add_argument(
+def _options(in_command: bool) -> argparse.ArgumentParser:
+    """The options every command takes. After the command they default to "not given", so a value
+    given before the command is kept (`kvctl --json stats` and `kvctl stats --json` agree)."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if in_command else value
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
         "--address",
-        default=os.environ.get("KVSTORE_ADDRESS", DEFAULT_ADDRESS),
+        default=default(os.environ.get("KVSTORE_ADDRESS", DEFAULT_ADDRESS)),
         help=f"server address, host:port or unix:///path (default {DEFAULT_ADDRESS}, or $KVSTORE_ADDRESS)",
     )
-    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    parser.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds to wait for the server (default 10)"
+    p.add_argument("--json", action="store_true", default=default(False), help="print JSON instead of tables")
+    p.add_argument(
+        "--wide", action="store_true", default=default(False), help="tables show whole ids and keys"
     )
+    p.add_argument(
+        "--timeout", type=float, default=default(10.0), help="seconds to wait for the server (default 10)"
+    )
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kvctl", description="Operate a running kvstore server.", parents=[_options(False)]
+    )
+    parser.add_argument("--version", action="version", version=f"kvctl (kvstore {__version__})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    options = [_options(True)]
 
     p = sub.add_parser(
         "stats",
+        parents=options,
         help="per-tier usage, blocks, hits, moves",
         description="Per tier: used/capacity, blocks, pinned, hits, moves, drops.",
     )
     p.set_defaults(run=_stats)
 
     p = sub.add_parser(
-        "blocks", help="list stored blocks", description="List stored blocks, most recent first."
+        "blocks",
+        parents=options,
+        help="list stored blocks",
+        description="List stored blocks, most recent first.",
     )
     p.add_argument("--namespace", help="only this namespace")
     p.add_argument("--tier", choices=["hbm", "dram", "disk"], help="only this tier")
@@ -198,9 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "evict",
+        parents=options,
         help="demote or drop blocks",
         description="Move blocks one tier down (or drop them with --drop): either the named "
-        "keys, or --bytes worth from --tier in the policy's order.",
+        "keys, or --bytes worth from --tier in the policy's order. Blocks on the bottom tier, or with "
+        "no room below, are dropped; the message says how many were demoted and how many dropped.",
     )
     p.add_argument("keys", nargs="*", type=_hex_key, help="hex block keys (with --namespace)")
     p.add_argument("--namespace", help="namespace of the keys")
@@ -211,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "sessions",
+        parents=options,
         help="agent sessions: state, tool calls, bytes per tier, prefetches",
         description="Each session's state (running / in tool since / expected back / awaiting user), its "
         "bytes per tier, and its prefetch (scheduled at, done, late).",
@@ -218,7 +328,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_sessions)
 
     p = sub.add_parser(
+        "session", parents=options, help="act on one agent session", description="Act on one session."
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    close = actions.add_parser(
+        "close",
+        parents=options,
+        help="close a session",
+        description="Close a session, as its agent would: its blocks stay stored but are no longer "
+        "held for it, so they leave the fast tiers first.",
+    )
+    close.add_argument("session_id", metavar="ID", help="the session's id (see `kvctl sessions`)")
+    close.set_defaults(run=_session_close)
+
+    p = sub.add_parser(
         "health",
+        parents=options,
         help="is the server up and are its tiers writable",
         description="Server status and per-tier health.",
     )
@@ -228,10 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console()
+    console = Console(width=WIDE) if args.wide else Console()
     channel = grpc.insecure_channel(target(args.address))
     try:
-        reply = args.run(pb_grpc.AdminStub(channel), args, console)
+        reply = args.run(channel, args, console)
     except grpc.RpcError as exc:
         code = exc.code()
         hint = " (is `kvstore serve` running there?)" if code == grpc.StatusCode.UNAVAILABLE else ""
@@ -240,14 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         channel.close()
     if reply is not None:
-        print(
-            json.dumps(
-                MessageToDict(
-                    reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-                ),
-                indent=2,
-            )
-        )
+        print(json.dumps(reply, indent=2))
     return 0
 
 

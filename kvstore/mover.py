@@ -1,20 +1,114 @@
-"""Moves between tiers: the copy itself, a priority queue of scheduled jobs, and per-link
-bandwidth accounting (bytes and seconds per tier pair, so the policy can plan with the link
-speed this machine actually reaches).
+"""Moves between tiers: the queue of plans waiting for their time, the copies themselves, and the
+speed of each link.
+
+`PlanQueue` holds plans until they are due, most urgent first, and forgets a session's plans as
+soon as the session moves on. The server's mover thread sleeps until the next plan is due (or a
+sooner one arrives); the replay pops due plans as it advances its virtual clock.
+
+`Copier` does the copies, never under the store's lock: memory tiers copy inline (on a CUDA stream
+of their own, synchronised by an event, when a GPU tier is involved), the disk tier reads and
+writes on a small worker pool. It times every copy per link, so the policy can plan with the
+bandwidth this machine reaches (`Links`).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
-from kvstore.clock import Clock
 from kvstore.index import BlockEntry
+from kvstore.plans import Plan, PlanKind
 from kvstore.tiers.base import Tier
+
+# Among plans due at once, lower runs first: pins and releases, then swaps, checks, offloads.
+PRIORITY = {
+    PlanKind.RELEASE_FANOUT: 0,
+    PlanKind.PIN_FANOUT: 0,
+    PlanKind.WARM: 1,
+    PlanKind.BRING_BACK: 5,
+    PlanKind.CHECK: 10,
+    PlanKind.OFFLOAD: 30,
+}
+MEASURED_AFTER = 64 * 2**20  # a link's measured speed is trusted after this many bytes
+
+
+class PlanQueue:
+    """Plans by due time (thread-safe). A session's plans are dropped when `forget` says it moved
+    on; plans made before that are recognised by their generation and never returned."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, int, Plan]] = []
+        self._seq = itertools.count()
+        self._current: dict[str, int] = {}  # session -> the generation its plans must carry
+        self._live = 0
+        self._cond = threading.Condition()
+
+    def push(self, plan: Plan) -> None:
+        with self._cond:
+            if plan.session and plan.generation >= 0:
+                self._current[plan.session] = max(self._current.get(plan.session, -1), plan.generation)
+            sooner = not self._heap or plan.not_before < self._heap[0][0]
+            heapq.heappush(self._heap, (plan.not_before, PRIORITY[plan.kind], next(self._seq), plan))
+            self._live += 1
+            if sooner:
+                self._cond.notify_all()
+
+    def forget(self, session: str, generation: int) -> None:
+        """The session moved on (to `generation`): its earlier plans are dropped."""
+        with self._cond:
+            if session in self._current and self._current[session] < generation:
+                self._current[session] = generation
+                self._heap = [row for row in self._heap if self._valid(row[3])]
+                heapq.heapify(self._heap)
+                self._live = len(self._heap)
+                if not any(row[3].session == session for row in self._heap):
+                    del self._current[session]
+
+    def pop_due(self, now: float) -> list[Plan]:
+        """Plans whose time has come and whose session has not moved on, most urgent first."""
+        due: list[tuple[int, int, Plan]] = []
+        with self._cond:
+            while self._heap and self._heap[0][0] <= now:
+                _, priority, seq, plan = heapq.heappop(self._heap)
+                self._live -= 1
+                if self._valid(plan):
+                    due.append((priority, seq, plan))
+            self._prune()
+        return [plan for _, _, plan in sorted(due)]
+
+    def next_due(self) -> float | None:
+        with self._cond:
+            self._prune()
+            return self._heap[0][0] if self._heap else None
+
+    def wait(self, timeout: float | None) -> None:
+        """Sleep until `timeout` passes or a plan due sooner than the current first is pushed."""
+        with self._cond:
+            self._cond.wait(timeout)
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def pending(self) -> int:
+        return self._live
+
+    def _valid(self, plan: Plan) -> bool:
+        return (
+            not plan.session or plan.generation < 0 or plan.generation >= self._current.get(plan.session, -1)
+        )
+
+    def _prune(self) -> None:
+        while self._heap and not self._valid(self._heap[0][3]):
+            heapq.heappop(self._heap)
+            self._live -= 1
 
 
 @dataclass(slots=True)
@@ -29,59 +123,84 @@ class LinkStats:
         return self.bytes / self.seconds if self.seconds > 0 else None
 
 
-@dataclass(order=True, slots=True)
-class Job:
-    """Work the policy scheduled: a prefetch, an eager offload, a fan-out's expiry."""
+class Links:
+    """Bytes/s between two tiers: fixed (a scenario's), else measured, else a default."""
 
-    not_before: float
-    priority: int  # lower runs first among jobs that are due
-    seq: int
-    run: Callable[[], object] = field(compare=False)
-    label: str = field(compare=False, default="")
+    def __init__(self, fixed: dict[tuple[str, str], float] | None = None, default: float = 8e9) -> None:
+        self.fixed = dict(fixed or {})
+        self.default = default
+        self.measured: dict[tuple[str, str], LinkStats] = {}
 
+    def bandwidth(self, src: str, dst: str) -> float:
+        fixed = self.fixed.get((src, dst))
+        if fixed:
+            return fixed
+        link = self.measured.get((src, dst))
+        measured = link.bandwidth if link is not None and link.bytes >= MEASURED_AFTER else None
+        return measured or self.default
 
-class Mover:
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.links: dict[tuple[str, str], LinkStats] = {}
-        self._queue: list[Job] = []
-        self._seq = itertools.count()
-
-    def copy(self, entry: BlockEntry, src: Tier, dst: Tier, staged: BlockEntry, data: Any = None) -> None:
-        """Copy entry's bytes from src into `staged` (already allocated in dst), then free src.
-
-        `data`, when given, is the block's bytes already read (a get that promotes), saving a read.
-        """
-        started = time.perf_counter()
-        dst.write(staged, src.read(entry) if data is None else data)
-        elapsed = time.perf_counter() - started
-        src.free(entry)
-        link = self.links.setdefault((src.name, dst.name), LinkStats())
+    def count(self, src: str, dst: str, nbytes: int, seconds: float) -> None:
+        link = self.measured.get((src, dst))
+        if link is None:
+            link = self.measured[(src, dst)] = LinkStats()
         link.moves += 1
-        link.bytes += entry.size
-        link.seconds += elapsed
+        link.bytes += nbytes
+        link.seconds += seconds
 
-    def schedule(
-        self, run: Callable[[], object], not_before: float | None = None, priority: int = 10, label: str = ""
-    ) -> Job:
-        at = self.clock.now() if not_before is None else not_before
-        job = Job(at, priority, next(self._seq), run, label)
-        heapq.heappush(self._queue, job)
-        return job
 
-    def pop_due(self) -> list[Job]:
-        """Jobs whose time has come, most urgent first."""
-        now = self.clock.now()
-        due: list[Job] = []
-        while self._queue and self._queue[0].not_before <= now:
-            due.append(heapq.heappop(self._queue))
-        due.sort(key=lambda j: (j.priority, j.seq))
-        return due
+class Copier:
+    """Copies block bytes between tiers and into new slots, off the store's lock."""
 
-    def next_due(self) -> float | None:
-        """When the earliest queued job becomes due (the replay advances its clock to it)."""
-        return self._queue[0].not_before if self._queue else None
+    def __init__(self, links: Links, io_workers: int = 2) -> None:
+        self.links = links
+        self._io = ThreadPoolExecutor(io_workers, thread_name_prefix="kvstore-io")
+        self._stream: Any = None  # a CUDA stream for GPU tiers, made on first use
 
-    @property
-    def pending(self) -> int:
-        return len(self._queue)
+    def copy(self, src: Tier, entry: BlockEntry, dst: Tier, staged: BlockEntry, data: Any = None) -> None:
+        """Copy `entry`'s bytes from `src` into `staged`'s slot in `dst` (both reserved by the
+        caller); `data`: the bytes already read, when the caller has them."""
+        started = time.perf_counter()
+        if data is None:
+            data = self.read(src, entry)
+        self.write(dst, staged, data)
+        self.links.count(src.name, dst.name, entry.size, time.perf_counter() - started)
+
+    def read(self, tier: Tier, entry: BlockEntry) -> Any:
+        """The block's bytes (a view into a memory tier's buffer, valid while the slot is held)."""
+        if tier.on_disk:
+            return self._io.submit(tier.read, entry).result()
+        return tier.read(entry)
+
+    def read_bytes(self, tier: Tier, entry: BlockEntry) -> bytes:
+        """A copy of the block's bytes that outlives its slot."""
+        if tier.on_disk:
+            return self._io.submit(tier.read_bytes, entry).result()
+        return tier.read_bytes(entry)
+
+    def write(self, tier: Tier, entry: BlockEntry, data: Any) -> None:
+        if tier.on_disk:
+            self._io.submit(tier.write, entry, data).result()
+        elif tier.device.startswith("cuda") or getattr(data, "is_cuda", False):
+            self._write_on_stream(tier, entry, data)
+        else:
+            tier.write(entry, data)
+
+    def _write_on_stream(self, tier: Tier, entry: BlockEntry, data: Any) -> None:
+        """HBM <-> DRAM on a stream of its own, so a move never queues behind the engine's kernels;
+        an event says when the bytes have landed (pinned host memory makes the copy asynchronous)."""
+        import torch
+
+        if self._stream is None:
+            self._stream = torch.cuda.Stream()
+        with torch.cuda.stream(self._stream):
+            tier.write(entry, data, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self._stream)
+        done.synchronize()
+
+    def run(self, work: Callable[[], Any]) -> Any:
+        """Run file work (a flush, a scan) on the I/O pool and wait for it."""
+        return self._io.submit(work).result()
+
+    def close(self) -> None:
+        self._io.shutdown(wait=True)

@@ -1,20 +1,20 @@
-"""The one object that ties index, tiers, policy and mover together.
+"""The store: what engines and the server call — put, read, look up, promote, pin, evict.
 
-The gRPC server and the replay benchmark both drive a Store; nothing here knows about gRPC.
 Every public method validates its whole input before it changes anything and raises a
-`kvstore.errors` exception otherwise, so a refused call leaves the store as it was.
+`kvstore.errors` exception otherwise, so a refused call leaves the store as it was. Nothing here
+knows about gRPC. Where blocks live and how they move is `kvstore.placement`; what hints do to
+sessions is `kvstore.hints` and `kvstore.sessions`; plans run in `sessions.actions`.
 
-Placement: a new block goes to the fastest tier with room, after the policy has pushed its
-victims one tier down (hbm -> dram -> disk -> dropped). A block that is pinned, or that a
-transfer is reading, never moves.
+Threads: every method may be called from any thread. The lock (`Store.lock`, the placement's)
+is held for bookkeeping only; bytes are copied and files written without it, so a Lookup never
+waits behind a move. The server calls these methods off its event loop (`asyncio.to_thread`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import logging
-import math
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -22,14 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvstore import hashing
-from kvstore.clock import Clock, RealClock
 from kvstore.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from kvstore.hashing import Namespace
-from kvstore.index import BlockEntry, Index, PrefixMatch
-from kvstore.mover import Mover
-from kvstore.policy.base import Policy
-from kvstore.sessions import Session, SessionRegistry, State, ToolDurations
-from kvstore.tiers.base import CorruptBlock, Tier, as_buffer
+from kvstore.index import BlockEntry, PrefixMatch
+from kvstore.placement import Moved, Placement
+from kvstore.sessions import Session
+from kvstore.sessions.actions import SessionActions
+from kvstore.tiers.base import as_buffer
 from kvstore.tiers.disk import DiskTier
 
 log = logging.getLogger(__name__)
@@ -49,25 +48,21 @@ class PutBlock:
 
 
 @dataclass(slots=True)
-class GetResult:
+class Read:
+    """One block read: its bytes, or (`held`) the block itself, left in its shared-memory slot with a
+    reader count the caller must give back (`Store.release`)."""
+
     key: bytes
-    data: bytes
     meta: bytes
     tier: str
+    data: bytes | None = None
+    held: BlockEntry | None = None
 
 
 @dataclass(slots=True)
 class Promotion:
     moved: dict[str, int]  # bytes brought up, per source tier
     blocks: int  # leading blocks of the chain that were stored (and pinned, when asked)
-
-
-@dataclass(slots=True)
-class TierCounters:
-    hits: int = 0
-    moves_in: int = 0
-    moves_out: int = 0
-    drops: int = 0
 
 
 @dataclass(slots=True)
@@ -97,44 +92,22 @@ class StoreStats:
 class Store:
     def __init__(
         self,
-        tiers: Sequence[Tier],
+        placement: Placement,
+        actions: SessionActions,
         namespaces: Iterable[Namespace],
-        policy: Policy,
-        clock: Clock | None = None,
         promote_on_get: bool = True,
-        sessions: SessionRegistry | None = None,
-        link_bandwidths: dict[tuple[str, str], float] | None = None,
-        default_bandwidth: float = 8e9,
-        virtual_transfers: bool = False,
     ) -> None:
-        if not tiers:
-            raise ValueError("a store needs at least one tier")
-        self.tiers = list(tiers)
-        self.tier_by_name = {t.name: t for t in self.tiers}
+        self.placement = placement
+        self.actions = actions
         self.namespaces = {ns.name: ns for ns in namespaces}
-        self.policy = policy
-        self.clock = clock or RealClock()
-        self.mover = Mover(self.clock)
-        self.index = Index()
         self.promote_on_get = promote_on_get
-        # One lock: block bytes are copied under it, so a reader never sees a slot reused.
-        self.lock = threading.RLock()
-        self.counters = {t.name: TierCounters() for t in self.tiers}
-        self._pinned_bytes = {t.name: 0 for t in self.tiers}
-        self._tier_blocks = {t.name: 0 for t in self.tiers}
-        self._pinned_blocks = {t.name: 0 for t in self.tiers}
-        self.misses = 0
-        self.lookups = 0
-        self.lookup_hit_blocks = 0
-        self.sessions = sessions or SessionRegistry(ToolDurations(None, 0.25, 10.0))
-        # Fixed link speeds (the replay's scenario); otherwise measured moves, else the default.
-        self.link_bandwidths = dict(link_bandwidths or {})
-        self.default_bandwidth = default_bandwidth
-        # On a virtual clock a move is instant in the index but its bytes take time on the link:
-        # a prefetch is done when its last byte has arrived, not when it was issued.
-        self.virtual_transfers = virtual_transfers
-        self.sessions.on_orphan = policy.on_orphan
-        policy.attach(self)
+        self.lock = placement.lock
+        self.tiers, self.tier_by_name = placement.tiers, placement.tier_by_name
+        self.index, self.sessions, self.policy = placement.index, placement.sessions, placement.policy
+        self.clock, self.plans, self.links = placement.clock, actions.plans, placement.view.links
+        self.counters = placement.counters
+        self.plan_feed = actions.feed
+        self.misses = self.lookups = self.lookup_hit_blocks = 0
 
     # ------------------------------------------------------------------ validation
 
@@ -151,18 +124,11 @@ class Store:
         return ns
 
     @staticmethod
-    def _check_key(key: bytes, what: str) -> None:
-        try:
-            hashing.check_key(key, what)
-        except ValueError as exc:
-            raise InvalidArgument(str(exc)) from None
-
-    @classmethod
-    def _check_keys(cls, keys: Sequence[bytes]) -> None:
+    def check_keys(keys: Sequence[bytes]) -> None:
         lo, hi = hashing.MIN_KEY_BYTES, hashing.MAX_KEY_BYTES
         for i, key in enumerate(keys):
             if not lo <= len(key) <= hi:  # on every lookup: format a message only on failure
-                cls._check_key(key, f"key #{i}")
+                _check_key(key, f"key #{i}")
 
     def validate_put(self, block: PutBlock, i: int = 0) -> None:
         self.validate_header(block.namespace, block.key, block.parent, block.meta, i)
@@ -181,124 +147,67 @@ class Store:
     ) -> Namespace:
         """Everything about a block to store but its bytes; returns its namespace."""
         ns = self.namespace(namespace)
-        self._check_key(key, f"block #{i} key")
+        _check_key(key, f"block #{i} key")
         if parent:
-            self._check_key(parent, f"block #{i} parent")
+            _check_key(parent, f"block #{i} parent")
         if len(meta) > MAX_META_BYTES:
             raise InvalidArgument(f"block #{i} meta is {len(meta)} bytes; at most {MAX_META_BYTES}")
         return ns
 
-    def _entries(self, namespace: str, keys: Sequence[bytes]) -> list[BlockEntry]:
+    def _entries_locked(self, namespace: str, keys: Sequence[bytes]) -> list[BlockEntry]:
         """The entries of all `keys`, or NotFound naming the first missing one."""
-        self.namespace(namespace)
-        self._check_keys(keys)
-        entries = []
-        for key in keys:
-            entry = self.index.get(namespace, key)
-            if entry is None:
-                raise NotFound(f"block {key.hex()} is not stored in namespace {namespace!r}")
-            entries.append(entry)
-        return entries
+        blocks = self.index.blocks(namespace)
+        entries = [blocks.get(key) for key in keys]
+        if None in entries:
+            missing = keys[entries.index(None)]
+            raise NotFound(f"block {missing.hex()} is not stored in namespace {namespace!r}")
+        return entries  # type: ignore[return-value]
 
-    @staticmethod
-    def _require_movable(entries: Sequence[BlockEntry]) -> None:
-        busy = next((e for e in entries if not e.movable), None)
-        if busy is not None:
-            raise FailedPrecondition(f"block {busy.key.hex()} is pinned or being moved; unpin it first")
-
-    # ------------------------------------------------------------------ data path
+    # ------------------------------------------------------------------ writing
 
     def put(self, blocks: Sequence[PutBlock]) -> list[str]:
         """Store blocks; returns the tier each landed in ('' when it could not be placed)."""
         for i, block in enumerate(blocks):
             self.validate_put(block, i)
+        placement = self.placement
         with self.lock:
-            self._check_room(blocks)
-            now = self.clock.now()
-            entries: list[BlockEntry | None] = []
-            for b in blocks:
-                entry = self.index.get(b.namespace, b.key)
-                if entry is None:
-                    entry = BlockEntry(
-                        b.namespace,
-                        b.key,
-                        b.parent or None,
-                        len(as_buffer(b.data)),
-                        "",
-                        meta=b.meta,
-                        last_use=now,
-                    )
-                    if not self._place(entry, b.data):
-                        entries.append(None)
-                        continue
-                else:
-                    self._touch(entry, now)
-                self._claim(entry, b.session, b.pin, now)
-                entries.append(entry)
-            # Where each block is now: a big batch may have pushed its own first blocks down or out.
-            return [
-                e.tier if e is not None and self.index.get(e.namespace, e.key) is e else "" for e in entries
-            ]
-
-    def _touch(self, entry: BlockEntry, now: float) -> None:
-        """A block put again: it counts as used now."""
-        entry.last_use = now
-        self.policy.on_access(entry)
-
-    def _claim(self, entry: BlockEntry, session: str | None, pin: bool, now: float) -> None:
-        """What a put asks beyond storing: the session that references the block, a pin."""
-        if session:
-            self.sessions.ref(entry, self._active_session(session, entry.namespace, now))
-        if pin:
-            self._pin(entry)
-
-    # ------------------------------------------------------------ slots written in place (leases.py)
-
-    def allocate_shared(self, entry: BlockEntry) -> bool:
-        """Room for `entry` in the fastest shared-memory tier that has some (pushing victims down),
-        for a client to write in place. The slot stays out of the index until `add_written`."""
-        with self.lock:
-            for level, tier in enumerate(self.tiers):
-                if tier.segment is None:
-                    continue
-                entry.tier = tier.name
-                if self._make_room(level, entry):
-                    return True
-            entry.tier = ""
-            return False
-
-    def free_slot(self, entry: BlockEntry) -> None:
-        """Give back a slot that was allocated but never indexed (a lease that ended uncommitted)."""
-        with self.lock:
-            self.tier_by_name[entry.tier].free(entry)
-
-    def add_written(self, entry: BlockEntry, session: str | None, pin: bool) -> BlockEntry:
-        """Index a block whose bytes a client wrote into its slot. If the key was stored meanwhile
-        (another writer), the slot is freed and the stored block counts as put again."""
-        with self.lock:
-            now = self.clock.now()
-            stored = self.index.get(entry.namespace, entry.key)
-            if stored is None:
-                entry.last_use = now
-                self._added(entry)
-                stored = entry
-            else:
-                self.tier_by_name[entry.tier].free(entry)
-                self._touch(stored, now)
-            self._claim(stored, session, pin, now)
-            return stored
-
-    def put_again(self, namespace: str, key: bytes, session: str | None, pin: bool) -> BlockEntry | None:
-        """A put of a block that is stored already: touch it (and claim it); None if it is not."""
-        with self.lock:
-            entry = self.index.get(namespace, key)
-            if entry is not None:
+            self._check_room_locked(blocks)
+            new = {(b.namespace, b.key): b for b in blocks if self.index.get(b.namespace, b.key) is None}
+        placement.make_room(0, sum(self.namespaces[ns].block_bytes for ns, _ in new))  # one pass of victims
+        entries: list[BlockEntry | None] = []
+        active: dict[str, Session] = {}  # each session named resolved once per call
+        for b in blocks:
+            with self.lock:
                 now = self.clock.now()
-                self._touch(entry, now)
-                self._claim(entry, session, pin, now)
-            return entry
+                stored = self.index.get(b.namespace, b.key)
+                if stored is not None:
+                    placement.touch_locked(stored, now)
+            if stored is None:
+                size = self.namespaces[b.namespace].block_bytes  # validated: the data's size
+                fresh = BlockEntry(b.namespace, b.key, b.parent or None, size, "", meta=b.meta, last_use=now)
+                stored = placement.place(fresh, b.data)
+            if stored is not None:
+                with self.lock:
+                    session = None
+                    if b.session:
+                        session = active.get(b.session)
+                        if session is None:
+                            session = active[b.session] = self.active_session_locked(
+                                b.session, b.namespace, now
+                            )
+                    self._claim_locked(stored, session, b.pin)
+            entries.append(stored)
+        with self.lock:  # where each is now: a big batch may have pushed its own first blocks down or out
+            return [e.tier if e is not None and placement.held_locked(e) else "" for e in entries]
 
-    def _check_room(self, blocks: Sequence[PutBlock]) -> None:
+    def _claim_locked(self, entry: BlockEntry, session: Session | None, pin: bool) -> None:
+        """What a put asks beyond storing: the session that references the block, a pin."""
+        if session is not None:
+            self.sessions.ref(entry, session)
+        if pin:
+            self.placement.pin_locked(entry)
+
+    def _check_room_locked(self, blocks: Sequence[PutBlock]) -> None:
         """ResourceExhausted unless the new pinned blocks, plus any one unpinned block, fit beside
         what is pinned already (unpinned blocks of a batch may push each other down and out)."""
         pinned_new, largest_unpinned, seen = 0, 0, set()
@@ -311,49 +220,131 @@ class Store:
                 pinned_new += size
             else:
                 largest_unpinned = max(largest_unpinned, size)
-        room = sum(t.capacity - self._pinned_bytes[t.name] for t in self.tiers)
+        room = sum(t.capacity - self.placement.pinned_bytes[t.name] for t in self.tiers)
         if pinned_new + largest_unpinned > room:
             raise ResourceExhausted(
                 f"put needs room for {pinned_new + largest_unpinned} bytes but only {room} bytes of the "
                 "tiers are not pinned; unpin blocks or raise tier capacities"
             )
 
-    def get(
-        self, namespace: str, keys: Sequence[bytes], session: str | None = None, stop_at_miss: bool = False
-    ) -> list[GetResult | None]:
-        self.namespace(namespace)
-        self._check_keys(keys)
-        results: list[GetResult | None] = []
+    # Slots written in place by same-host clients (kvstore.shm.leases).
+
+    def reserve_shared(self, entry: BlockEntry) -> bool:
+        """A slot for `entry` in the fastest shared-memory tier that has or can make room, for a
+        client to write in place; it stays out of the index until `add_written`."""
+        for level, tier in enumerate(self.tiers):
+            if tier.segment is None or entry.size > tier.capacity:
+                continue
+            if self.placement.room_locked(level) < entry.size:
+                self.placement.make_room(level, entry.size)
+            with self.lock:
+                entry.tier = tier.name
+                if tier.allocate(entry):
+                    return True
+        entry.tier = ""
+        return False
+
+    def free_slot(self, entry: BlockEntry) -> None:
+        """Give back a slot that was reserved but never indexed (a lease that ended uncommitted)."""
+        with self.lock:
+            self.tier_by_name[entry.tier].free(entry)
+
+    def add_written(
+        self, entry: BlockEntry | None, namespace: str, key: bytes, session: str | None, pin: bool
+    ) -> BlockEntry | None:
+        """Index a block a client wrote into its slot (`entry`), or count a block stored already as
+        put again (`entry` None). A key stored meanwhile by another writer keeps that one."""
         with self.lock:
             now = self.clock.now()
-            for key in keys:
-                entry = self.index.get(namespace, key)
-                data = self._read(entry) if entry is not None else None
-                if entry is None or data is None:
-                    self.misses += 1
-                    results.append(None)
-                    if stop_at_miss:
-                        break
-                    continue
-                results.append(GetResult(key, data, entry.meta, entry.tier))
-                self.served(entry, session, now, data)
-        return results
+            stored = self.index.get(namespace, key)
+            if entry is not None and stored is None:
+                entry.last_use = now
+                self.placement.add_locked(entry)
+                stored = entry
+            elif entry is not None:
+                self.tier_by_name[entry.tier].free(entry)
+            if stored is not None:
+                self.placement.touch_locked(stored, now)
+                active = self.active_session_locked(session, namespace, now) if session else None
+                self._claim_locked(stored, active, pin)
+            return stored
 
-    def served(self, entry: BlockEntry, session: str | None, now: float, data: Any = None) -> None:
-        """Account a read of `entry` and promote it when the policy says so. `data`: its bytes,
-        when the caller has read them already (saves reading them again for the move)."""
-        self.counters[entry.tier].hits += 1
-        entry.last_use = now
-        if session:
-            self.sessions.ref(entry, self._active_session(session, entry.namespace, now))
-        self.policy.on_access(entry)
-        if (
+    # ------------------------------------------------------------------ reading
+
+    def get(
+        self, namespace: str, keys: Sequence[bytes], session: str | None = None, stop_at_miss: bool = False
+    ) -> list[Read | None]:
+        return self.read(namespace, keys, session, stop_at_miss)
+
+    def read(
+        self,
+        namespace: str,
+        keys: Sequence[bytes],
+        session: str | None = None,
+        stop_at_miss: bool = False,
+        hold: frozenset[str] = frozenset(),
+    ) -> list[Read | None]:
+        """Read blocks (Get, and Acquire's read loop): a block in a tier named in `hold` stays in
+        its slot with a reader count the caller gives back with `release`; the others' bytes are
+        copied out without the lock. Counts hits and misses, and may promote what was read."""
+        self.namespace(namespace)
+        self.check_keys(keys)
+        placement = self.placement
+        with self.lock:
+            blocks = self.index.blocks(namespace)
+            found: list[BlockEntry | None] = []
+            for key in keys:
+                entry = blocks.get(key)
+                found.append(entry)
+                if entry is not None:
+                    entry.readers += 1  # nothing frees or moves it while it is read
+                elif stop_at_miss:
+                    break
+        out: list[Read | None] = []
+        for key, entry in zip(keys, found, strict=False):
+            if entry is not None and entry.tier in hold:
+                out.append(Read(key, entry.meta, entry.tier, held=entry))
+                continue
+            data = placement.read(entry) if entry is not None else None
+            out.append(None if data is None else Read(key, entry.meta, entry.tier, data=data))  # type: ignore[union-attr]
+            if data is None and stop_at_miss:
+                break
+        promote: list[tuple[BlockEntry, bytes | None]] = []
+        with self.lock:
+            now = self.clock.now()
+            active = self.active_session_locked(session, namespace, now) if session else None
+            for i, entry in enumerate(found):
+                read = out[i] if i < len(out) else None
+                if entry is not None and (read is None or read.held is None):
+                    entry.readers -= 1
+                if i >= len(out):
+                    continue  # after a stop: neither a hit nor a miss
+                if read is None or entry is None:
+                    self.misses += 1
+                elif self._served_locked(entry, active, now) and read.held is None:
+                    promote.append((entry, read.data))
+        for entry, data in promote:
+            placement.move(entry, 0, data=data)
+        return out
+
+    def release(self, entries: Iterable[BlockEntry]) -> None:
+        """Give back the reader counts `read(..., hold=...)` left on blocks."""
+        with self.lock:
+            for entry in entries:
+                entry.readers -= 1
+
+    def _served_locked(self, entry: BlockEntry, session: Session | None, now: float) -> bool:
+        """Account a read of `entry`; True when the policy wants it promoted to the top tier."""
+        self.placement.counters[entry.tier].hits += 1
+        self.placement.touch_locked(entry, now)
+        if session is not None:
+            self.sessions.ref(entry, session)
+        return (
             self.promote_on_get
-            and entry.movable  # a pinned block stays where it was pinned
             and entry.tier != self.tiers[0].name
+            and entry.pins == 0  # a pinned block stays where it was pinned
             and self.policy.promote_on_get(entry)
-        ):
-            self._move_to(entry, 0, data)
+        )
 
     def promote(
         self, namespace: str, keys: Sequence[bytes], session: str | None = None, pin: bool = False
@@ -363,89 +354,96 @@ class Store:
         lands, so bringing in the rest cannot push it out again. Stops at the first key that is
         not stored."""
         self.namespace(namespace)
-        self._check_keys(keys)
+        self.check_keys(keys)
+        placement, top = self.placement, self.tiers[0].name
         result = Promotion({}, 0)
-        top = self.tiers[0].name
         with self.lock:
             now = self.clock.now()
-            active = self._active_session(session, namespace, now) if session else None
+            active = self.active_session_locked(session, namespace, now) if session else None
+            blocks, ref = self.index.blocks(namespace), self.sessions.ref
+            entries = []
             for key in keys:
-                entry = self.index.get(namespace, key)
+                entry = blocks.get(key)
                 if entry is None:
                     break
-                entry.last_use = now
-                self.policy.on_access(entry)
+                entries.append(entry)
+                placement.touch_locked(entry, now)
                 if active is not None:
-                    self.sessions.ref(entry, active)
-                src = entry.tier
-                if src != top and entry.movable and self._move_to(entry, 0):
-                    result.moved[src] = result.moved.get(src, 0) + entry.size
-                if pin:
-                    self._pin(entry)
-                result.blocks += 1
+                    ref(entry, active)
+                if pin and entry.tier == top:
+                    placement.pin_locked(entry)  # held first, so making room for the rest cannot push it out
+            away = [e for e in entries if e.tier != top and e.movable]
+        placement.make_room(0, sum(e.size for e in away))  # one pass of victims for the whole chain
+        for entry in away:
+            src = entry.tier
+            if placement.move(entry, 0, pin=pin) is Moved.DONE:
+                result.moved[src] = result.moved.get(src, 0) + entry.size
+        if pin:
+            with self.lock:
+                for entry in entries:
+                    if entry.tier != top and placement.held_locked(entry):
+                        placement.pin_locked(entry)  # could not come up: held where it is
+        result.blocks = len(entries)
         return result
 
     def lookup(self, namespace: str, keys: Sequence[bytes], session: str | None = None) -> PrefixMatch:
         """Longest stored prefix of the chain. With a session (a request starting), the session now
         references exactly that prefix; the blocks it puts next join it."""
         self.namespace(namespace)
-        self._check_keys(keys)
+        self.check_keys(keys)
         with self.lock:
             match = self.index.longest_prefix(namespace, keys)
             self.lookups += 1
             self.lookup_hit_blocks += match.blocks
             if session:
-                self._rebind(self._active_session(session, namespace, self.clock.now()), match.entries)
+                self.sessions.rebind(
+                    self.active_session_locked(session, namespace, self.clock.now()), match.entries
+                )
             return match
 
-    def _rebind(self, session: Session, chain: list[BlockEntry]) -> None:
-        """A request starts: the session now references exactly this chain. Blocks of chains it
-        left behind (agents rewrite and compact their context) lose its reference, so they are no
-        longer prefetched with it or kept for it."""
-        keep = set(chain)
-        for blocks in list(session.tiers.values()):
-            for entry in [e for e in blocks if e not in keep]:
-                self.sessions.unref(entry, session)
-        for entry in chain:
-            self.sessions.ref(entry, session)
-
-    def _active_session(self, session_id: str, namespace: str, now: float) -> Session:
-        """The session a data-path call names (opened on first use): it is active now, a person
-        it waited on is back, and whatever its prefetch brought in has been used."""
-        session = self.sessions.open(session_id, namespace, now)
-        session.last_active = now
-        if session.state is State.AWAITING_USER:
-            session.state = State.RUNNING
-            self.sessions.version += 1
-        session.prefetched.clear()
+    def active_session_locked(self, session_id: str, namespace: str, now: float) -> Session:
+        """The session a data-path call names (opened on first use): it is back from whatever it
+        was away for (which is learned), and whatever was brought back for it has been used."""
+        session = self.sessions.open(session_id, namespace, now, self.namespaces[namespace].tenant)
+        if session.away is not None or session.tool is not None:
+            self.policy.on_resume(session)
+        self.sessions.came_back(session, now)
         return session
+
+    # ------------------------------------------------------------------ pins, deletes, evictions
 
     def delete(self, namespace: str, keys: Sequence[bytes]) -> int:
         self.namespace(namespace)
-        self._check_keys(keys)
+        self.check_keys(keys)
         with self.lock:
-            entries = [e for e in (self.index.get(namespace, k) for k in keys) if e is not None]
-            self._require_movable(entries)
-            for entry in dict.fromkeys(entries):
-                self._drop(entry, count=False)
-            return len(set(entries))
+            entries = list(
+                dict.fromkeys(e for e in (self.index.get(namespace, k) for k in keys) if e is not None)
+            )
+            _require_movable(entries)
+            for entry in entries:
+                self.placement.drop_locked(entry, count=False)
+            return len(entries)
 
     def pin(self, namespace: str, keys: Sequence[bytes]) -> int:
+        self.namespace(namespace)
+        self.check_keys(keys)
         with self.lock:
-            entries = self._entries(namespace, keys)
+            entries = self._entries_locked(namespace, keys)
             for entry in entries:
-                self._pin(entry)
+                self.placement.pin_locked(entry)
             return len(entries)
 
     def unpin(self, namespace: str, keys: Sequence[bytes]) -> int:
+        self.namespace(namespace)
+        self.check_keys(keys)
         with self.lock:
-            entries = self._entries(namespace, keys)
-            times = Counter(map(id, entries))
+            entries = self._entries_locked(namespace, keys)
+            times = Counter(map(id, entries)) if len(set(keys)) != len(keys) else None
             for entry in entries:
-                if entry.pins < times[id(entry)]:
+                if entry.pins < (times[id(entry)] if times is not None else 1):
                     raise FailedPrecondition(f"block {entry.key.hex()} is not pinned that many times")
             for entry in entries:
-                self._unpin(entry)
+                self.placement.unpin_locked(entry)
             return len(entries)
 
     def evict(
@@ -457,237 +455,35 @@ class Store:
         drop: bool = False,
     ) -> tuple[int, int]:
         """Demote (or drop) the named blocks, or `nbytes` from `tier` in the policy's order.
-
-        Returns (blocks, bytes) that left their tier.
-        """
+        Returns (blocks, bytes) that left their tier."""
         if keys and (tier or nbytes):
             raise InvalidArgument("evict takes either keys or tier + bytes, not both")
         if keys:
+            self.namespace(namespace)
+            self.check_keys(keys)
             with self.lock:
-                entries = self._entries(namespace, keys)
-                self._require_movable(entries)
-                moved = 0
-                for entry in dict.fromkeys(entries):
-                    self._evict_one(entry, drop)
-                    moved += entry.size
-                return len(set(entries)), moved
-        if tier not in self.tier_by_name:
-            raise InvalidArgument(
-                f"tier {tier!r} is not one of this store's tiers: {', '.join(self.tier_by_name)}"
-            )
-        if nbytes <= 0:
-            raise InvalidArgument("bytes must be > 0 when evicting from a tier")
-        with self.lock:
-            blocks = freed = 0
-            while freed < nbytes:
-                victim = self.policy.victim(tier)
-                if victim is None:
-                    break
-                self._evict_one(victim, drop)
-                blocks += 1
-                freed += victim.size
-            return blocks, freed
+                entries = list(dict.fromkeys(self._entries_locked(namespace, keys)))
+                _require_movable(entries)
+        else:
+            if tier not in self.tier_by_name:
+                raise InvalidArgument(
+                    f"tier {tier!r} is not one of this store's tiers: {', '.join(self.tier_by_name)}"
+                )
+            if nbytes <= 0:
+                raise InvalidArgument("bytes must be > 0 when evicting from a tier")
+            with self.lock:
+                entries = self.policy.victims(tier, nbytes) or list(e for e, _ in self.policy.order(tier))
+        left = [e for e in entries if self.placement.evict(e, drop)]
+        return len(left), sum(e.size for e in left)
 
-    # ------------------------------------------------------------------ placement
+    # ------------------------------------------------------------------ plans, persistence
 
-    def _place(self, entry: BlockEntry, data: Any) -> bool:
-        for level, tier in enumerate(self.tiers):
-            entry.tier = tier.name
-            if self._make_room(level, entry):
-                tier.write(entry, data)
-                self._added(entry)
-                return True
-        return False
-
-    def _make_room(self, level: int, entry: BlockEntry, sooner_than: float | None = None) -> bool:
-        """Allocate `entry` in tiers[level], pushing the policy's victims down; False if impossible.
-
-        `sooner_than`: a prefetch, which must not push out blocks needed before that time.
-        """
-        tier = self.tiers[level]
-        if entry.size > tier.capacity:
-            return False
-        while not tier.allocate(entry):
-            victim = self.policy.victim(tier.name, sooner_than)
-            if victim is None:
-                return False
-            self._evict_one(victim, drop=False)
-        return True
-
-    def _evict_one(self, entry: BlockEntry, drop: bool) -> None:
-        level = self.tiers.index(self.tier_by_name[entry.tier])
-        if drop or level + 1 == len(self.tiers) or not self._move_to(entry, level + 1):
-            self._drop(entry)
-
-    def _move_to(
-        self, entry: BlockEntry, level: int, data: Any = None, sooner_than: float | None = None
-    ) -> bool:
-        """Move entry to tiers[level] (making room there); False, entry untouched, if no room."""
-        src, dst = self.tier_by_name[entry.tier], self.tiers[level]
-        staged = entry.staged(dst.name)
-        entry.readers += 1  # a transfer reads it: making room below must not pick it
-        try:
-            if not self._make_room(level, staged, sooner_than):
-                return False
-            self.mover.copy(entry, src, dst, staged, data)
-        finally:
-            entry.readers -= 1
-        from_tier = entry.tier
-        self._removed_from_tier(entry)
-        entry.tier, entry.location = staged.tier, staged.location
-        self._tier_blocks[entry.tier] += 1
-        if entry.pins:
-            self._pinned_bytes[entry.tier] += entry.size
-            self._pinned_blocks[entry.tier] += 1
-        self.counters[from_tier].moves_out += 1
-        self.counters[entry.tier].moves_in += 1
-        wasted = self.sessions.on_move(entry, from_tier)  # sessions first: the policy reads their bytes
-        self.policy.on_move(entry, from_tier)
-        self._count_wasted(entry, wasted)
-        return True
-
-    def _read(self, entry: BlockEntry) -> bytes | None:
-        """The block's bytes; a block whose bytes fail their checksum is dropped and reads as None."""
-        try:
-            return self.tier_by_name[entry.tier].read_bytes(entry)
-        except CorruptBlock as exc:
-            log.error("dropping corrupt block %s: %s", entry.key.hex(), exc)
-            self._drop(entry)
-            return None
-
-    def _pin(self, entry: BlockEntry) -> None:
-        if entry.pins == 0:
-            self._pinned_bytes[entry.tier] += entry.size
-            self._pinned_blocks[entry.tier] += 1
-            self.policy.on_pin(entry)
-        entry.pins += 1
-
-    def _unpin(self, entry: BlockEntry) -> None:
-        entry.pins -= 1
-        if entry.pins == 0:
-            self._pinned_bytes[entry.tier] -= entry.size
-            self._pinned_blocks[entry.tier] -= 1
-            self.policy.on_unpin(entry)
-
-    def _count_wasted(self, entry: BlockEntry, sessions: list[Session]) -> None:
-        """Prefetched blocks that left the top tier before their session used them."""
-        for session in sessions:
-            if session.prefetch.wasted_bytes == 0:
-                self.sessions.prefetches["wasted"] += 1
-            session.prefetch.wasted_bytes += entry.size
-            self.sessions.prefetch_bytes["wasted"] += entry.size
-
-    def _added(self, entry: BlockEntry) -> None:
-        self.index.add(entry)
-        self._tier_blocks[entry.tier] += 1
-        self.policy.on_insert(entry)
-
-    def _removed_from_tier(self, entry: BlockEntry) -> None:
-        self._tier_blocks[entry.tier] -= 1
-        if entry.pins:
-            self._pinned_bytes[entry.tier] -= entry.size
-            self._pinned_blocks[entry.tier] -= 1
-
-    def _drop(self, entry: BlockEntry, count: bool = True) -> None:
-        self._count_wasted(entry, self.sessions.on_drop(entry))
-        self.tier_by_name[entry.tier].free(entry)
-        self.policy.on_remove(entry)
-        self.index.remove(entry)
-        self._removed_from_tier(entry)
-        if count:
-            self.counters[entry.tier].drops += 1
-
-    # ------------------------------------------------------------------ scheduled moves
-
-    def run_due_jobs(self) -> int:
-        """Run the jobs the policy scheduled whose time has come; returns how many ran."""
-        with self.lock:
-            due = self.mover.pop_due()
-            for job in due:
-                job.run()
-            return len(due)
+    def run_due(self) -> int:
+        """Run the plans whose time has come (the server's mover thread, the replay's clock)."""
+        return self.actions.run_due()
 
     def link_bandwidth(self, src: str, dst: str) -> float:
-        """Bytes/s between two tiers: fixed by the scenario, else measured, else the default."""
-        fixed = self.link_bandwidths.get((src, dst))
-        if fixed:
-            return fixed
-        link = self.mover.links.get((src, dst))
-        measured = link.bandwidth if link is not None and link.bytes >= 64 * 2**20 else None
-        return measured or self.default_bandwidth
-
-    # ------------------------------------------------------------ session mechanics (policies call these)
-
-    def prefetch(self, session: Session, call_id: str | None) -> int:
-        """Bring the session's blocks back to the top tier, never pushing out a block needed sooner
-        than this session's. `call_id`: a scheduled prefetch, stale once that call has ended."""
-        if call_id is not None and (session.tool is None or session.tool.call_id != call_id):
-            return 0
-        if session.id not in self.sessions.sessions:
-            return 0
-        now = self.clock.now()
-        session.prefetch.status = "running"
-        needed_at = self._needed_at(session, now)
-        moved = 0
-        seconds = 0.0
-        top = self.tiers[0].name
-        for tier in self.tiers[1:]:
-            for entry in list(session.tiers.get(tier.name, ())):
-                if not entry.movable:
-                    continue
-                if not self._move_to(entry, 0, sooner_than=needed_at):
-                    break  # no room without pushing out blocks needed sooner: none will appear
-                moved += entry.size
-                seconds += entry.size / self.link_bandwidth(tier.name, top)
-                session.prefetched.add(entry)
-        session.prefetch.status = "done"
-        session.prefetch.done_at = now + seconds if self.virtual_transfers else now
-        session.prefetch.bytes = moved
-        self.sessions.prefetch_bytes["moved"] += moved
-        return moved
-
-    def _needed_at(self, session: Session, now: float) -> float:
-        """When the session needs its blocks (now, when it has no prediction)."""
-        nu = session.next_use(now, math.inf)
-        return now if nu is None else nu
-
-    def offload(self, session: Session) -> int:
-        """Move the session's top-tier blocks one tier down, except blocks another session is
-        using now. Returns bytes moved."""
-        top = self.tiers[0].name
-        if len(self.tiers) < 2 or session.id not in self.sessions.sessions:
-            return 0
-        now = self.clock.now()
-        moved = 0
-        for entry in list(session.tiers.get(top, ())):
-            others = [self.sessions.sessions[sid] for sid in entry.sessions or () if sid != session.id]
-            if not entry.movable or any(self._needed_at(o, now) <= now for o in others):
-                continue
-            if self._move_to(entry, 1):
-                moved += entry.size
-        return moved
-
-    def pin_fanout(self, session: Session, fanout_id: str) -> int:
-        """Load the session's prefix into the top tier once and pin it while the branches run."""
-        fanout = session.fanout
-        if fanout is None or fanout.fanout_id != fanout_id:
-            return 0
-        self.prefetch(session, None)
-        for entry in list(session.tiers.get(self.tiers[0].name, ())):
-            self._pin(entry)
-            fanout.pinned.append(entry)
-        return len(fanout.pinned)
-
-    def release_fanout(self, session: Session, fanout_id: str) -> None:
-        fanout = session.fanout
-        if fanout is None or fanout.fanout_id != fanout_id:
-            return
-        for entry in fanout.pinned:
-            self._unpin(entry)
-        session.fanout = None
-        self.sessions.fanouts.pop(fanout_id, None)
-
-    # ------------------------------------------------------------------ persistence
+        return self.links.bandwidth(src, dst)
 
     def disk_tier(self) -> DiskTier | None:
         return next((t for t in self.tiers if isinstance(t, DiskTier)), None)
@@ -712,7 +508,7 @@ class Store:
                 if not disk.adopt(entry):
                     continue
                 entry.last_use = now - max(0.0, wall_now - entry.last_use)
-                self._added(entry)
+                self.placement.add_locked(entry)
                 recovered += 1
         return recovered
 
@@ -721,26 +517,28 @@ class Store:
         disk = self.disk_tier()
         if disk is None:
             return 0
-        level = self.tiers.index(disk)
         with self.lock:
             memory = sorted(
                 (e for e in self.index.entries() if e.tier != disk.name), key=lambda e: e.last_use
             )
-            return sum(1 for e in memory if self._move_to(e, level))
+        level = self.tiers.index(disk)
+        return sum(1 for e in memory if self.placement.move(e, level) is Moved.DONE)
 
     def close(self, flush: bool = True) -> None:
         if flush:
-            flushed = self.flush()
-            log.info("flushed %d blocks to disk", flushed)
+            log.info("flushed %d blocks to disk", self.flush())
+        self.sessions.returns.save()
+        self.placement.copier.close()
         for tier in self.tiers:
             tier.close()
 
     # ------------------------------------------------------------------ introspection
 
     def pinned_bytes(self, tier: str) -> int:
-        return self._pinned_bytes[tier]
+        return self.placement.pinned_bytes[tier]
 
     def stats(self) -> StoreStats:
+        p = self.placement
         with self.lock:
             tiers = [
                 TierStats(
@@ -748,15 +546,15 @@ class Store:
                     t.device,
                     t.used,
                     t.capacity,
-                    self._tier_blocks[t.name],
-                    self._pinned_blocks[t.name],
+                    p.tier_blocks[t.name],
+                    p.pinned_blocks[t.name],
                     c.hits,
                     c.moves_in,
                     c.moves_out,
                     c.drops,
                 )
                 for t in self.tiers
-                for c in [self.counters[t.name]]
+                for c in [p.counters[t.name]]
             ]
             return StoreStats(
                 tiers, len(self.index), self.misses, self.lookups, self.lookup_hit_blocks, self.policy.name
@@ -776,5 +574,18 @@ class Store:
             raise InvalidArgument("limit must be >= 1")
         with self.lock:
             matched = [e for e in self.index.entries(namespace or None) if not tier or e.tier == tier]
-            matched.sort(key=lambda e: e.last_use, reverse=True)
-            return [dataclasses.replace(e) for e in matched[:limit]], len(matched)
+            newest = heapq.nlargest(limit, matched, key=lambda e: e.last_use)
+            return [dataclasses.replace(e) for e in newest], len(matched)
+
+
+def _check_key(key: bytes, what: str) -> None:
+    try:
+        hashing.check_key(key, what)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
+
+
+def _require_movable(entries: Sequence[BlockEntry]) -> None:
+    busy = next((e for e in entries if not e.movable), None)
+    if busy is not None:
+        raise FailedPrecondition(f"block {busy.key.hex()} is pinned or being moved; unpin it first")

@@ -20,6 +20,7 @@ import sys
 import time
 
 from kvstore.sdk import Client, core
+from kvstore.sdk.base import Rpc
 
 from kvstore.errors import FailedPrecondition
 
@@ -41,7 +42,7 @@ def write(address: str, seed: int, seconds: float) -> dict[str, int]:
     rng = random.Random(seed)
     puts = 0
     with Client(address) as kv:
-        assert kv.transport == "shm"
+        assert kv.transport() == "shm"
         size = kv.namespace(NAMESPACE).block_bytes
         end = time.monotonic() + seconds
         while time.monotonic() < end:
@@ -57,7 +58,7 @@ def read(address: str, seconds: float) -> dict[str, int]:
     rng = random.Random(os.getpid())
     found = torn = 0
     with Client(address) as kv:
-        assert kv.transport == "shm"
+        assert kv.transport() == "shm"
         size = kv.namespace(NAMESPACE).block_bytes
         end = time.monotonic() + seconds
         while time.monotonic() < end:
@@ -71,12 +72,12 @@ def read(address: str, seconds: float) -> dict[str, int]:
 
 def die_mid_write(address: str, key: bytes) -> None:
     with Client(address) as kv:
-        segments = kv._shared()
+        segments = kv._run(kv._shared())
         assert segments is not None
         size = kv.namespace(NAMESPACE).block_bytes
         chain = core.chain_blocks([key], [block_of(key, size)], None)
         request, _ = core.reserve_request(NAMESPACE, chain, None, False)
-        reply = kv._call(kv._kv.Reserve, request)
+        reply = kv._invoke(Rpc("Reserve", request))
         slot = reply.slots[0]
         segments.view(slot.segment, slot.offset, size // 2)[:] = block_of(key, size)[: size // 2]
         print(json.dumps({"lease_id": reply.lease_id, "offset": slot.offset}), flush=True)

@@ -12,12 +12,12 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from kvstore.build import compose
 from kvstore.clock import VirtualClock
 from kvstore.errors import FailedPrecondition
 from kvstore.hashing import Namespace
-from kvstore.leases import BlockHeader, Leases, SlotState
-from kvstore.policy.lru import LRUPolicy
-from kvstore.store import PutBlock, Store
+from kvstore.shm.leases import BlockHeader, Leases, SlotState
+from kvstore.store import PutBlock
 from kvstore.tiers.disk import DiskTier
 from kvstore.tiers.memory import MemoryTier
 
@@ -42,15 +42,15 @@ class LeaseMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp())
-        self.store = Store(
+        self.store = compose(
             [
                 MemoryTier("hbm", 3 * BLOCK, "cpu", shared=True),
                 MemoryTier("dram", 4 * BLOCK, shared=True),
                 DiskTier(self.dir, 3 * BLOCK),
             ],
             [NS],
-            LRUPolicy(),
-            VirtualClock(),
+            "lru",
+            clock=VirtualClock(),
         )
         self.leases = Leases(self.store, TTL)
         self.writes: dict[int, list[int]] = {}  # lease -> ids written into its slots

@@ -127,7 +127,7 @@ def test_chunks_round_trip_byte_identical(kvstore_server: ServerProcess, shared_
     side = LMCacheSide(kvstore_server.address, shared_memory=shared_memory)
     try:
         plugin = side.backend.connection._connector  # LMCache wraps plugins for its stats
-        assert plugin.client.transport == ("shm" if shared_memory else "grpc")
+        assert plugin.client.transport() == ("shm" if shared_memory else "grpc")
         _round_trip(side)
     finally:
         side.close()

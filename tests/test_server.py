@@ -77,7 +77,7 @@ async def test_async_client_matches_sync(server: ThreadedServer) -> None:
 @pytest.mark.parametrize("shared_memory", [False, True], ids=["grpc", "shm"])
 def test_blocks_flow_down_to_disk_and_back(server: ThreadedServer, shared_memory: bool) -> None:
     with Client(server.address, shared_memory=shared_memory) as kv:
-        assert kv.transport == ("shm" if shared_memory else "grpc")
+        assert kv.transport() == ("shm" if shared_memory else "grpc")
         keys = kv.keys_for("t", range(4 * 56))
         data = blocks(56)
         tiers = kv.put("t", keys, data)

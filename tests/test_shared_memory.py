@@ -67,7 +67,7 @@ def test_blocks_go_through_shared_memory(server: ThreadedServer) -> None:
     keys = [key_of(i) for i in range(6)]
     data = [block_of(k, BLOCK) for k in keys]
     with Client(server.address) as kv:
-        assert kv.transport == "shm"
+        assert kv.transport() == "shm"
         assert kv.put("t", keys, data) == ["hbm"] * 6
         # the bytes sit in the hbm tier's segment, at the offsets the index holds
         segment = server.store.tier_by_name["hbm"].segment
@@ -127,7 +127,7 @@ def test_client_on_another_host_falls_back_to_grpc(
     keys = [key_of(i) for i in range(3)]
     data = [block_of(k, BLOCK) for k in keys]
     with Client(server.address) as kv:
-        assert kv.transport == "grpc"
+        assert kv.transport() == "grpc"
         assert kv.put("t", keys, data) == ["hbm"] * 3
         assert kv.get("t", keys) == data
     # A segment of the same name that is not this server's (another container): token mismatch.
@@ -135,7 +135,7 @@ def test_client_on_another_host_falls_back_to_grpc(
         assert seg.segment is not None
         (other_shm / seg.segment.name).write_bytes(b"\0" * (shm.HEADER_BYTES + seg.segment.size))
     with Client(server.address) as kv:
-        assert kv.transport == "grpc"
+        assert kv.transport() == "grpc"
         assert kv.get("t", keys) == data
 
 
@@ -292,7 +292,7 @@ def test_server_without_shared_memory(tmp_path: Path) -> None:
     try:
         assert all(t.segment is None for t in srv.store.tiers)
         with Client(srv.address) as kv:
-            assert kv.transport == "grpc"
+            assert kv.transport() == "grpc"
             kv.put("t", [key_of(1)], [block_of(key_of(1), BLOCK)])
             assert kv.get("t", [key_of(1)]) == [block_of(key_of(1), BLOCK)]
         with grpc.insecure_channel(srv.address) as channel:
@@ -350,7 +350,7 @@ def test_a_client_notices_the_server_restarted_with_new_segments(tmp_path: Path)
     kv = Client(f"127.0.0.1:{port}", timeout=20)
     try:
         kv.put("t", [old_key], [block_of(old_key, BLOCK)])
-        assert kv.transport == "shm"
+        assert kv.transport() == "shm"
         first.terminate()
         with ServerProcess(tmp_path / "data", args, config=config):
             # another client fills the new server's slot where the old one kept old_key
@@ -360,7 +360,7 @@ def test_a_client_notices_the_server_restarted_with_new_segments(tmp_path: Path)
             # the old mapping would show old_key's bytes: the client must not read it
             assert kv.get("t", [new_key]) == [block_of(new_key, BLOCK)]
             kv.put("t", [old_key], [block_of(old_key, BLOCK)])
-            assert kv.transport == "shm"  # attached to the new segments again
+            assert kv.transport() == "shm"  # attached to the new segments again
             assert kv.get("t", [old_key, new_key]) == [block_of(old_key, BLOCK), block_of(new_key, BLOCK)]
     finally:
         kv.close()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from kvstore.build import compose
 from kvstore.clock import VirtualClock
 from kvstore.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from kvstore.hashing import Namespace
-from kvstore.policy.lru import LRUPolicy
 from kvstore.store import PutBlock, Store
 from kvstore.tiers.disk import DiskTier
 from kvstore.tiers.memory import MemoryTier
@@ -33,7 +33,7 @@ def make_store(tmp_path: Path, hbm: int = 4, dram: int = 4, disk: int = 4) -> St
         MemoryTier("dram", dram * BLOCK),
         DiskTier(tmp_path, disk * BLOCK),
     ]
-    return Store(tiers, [NS], LRUPolicy(), VirtualClock())
+    return compose(tiers, [NS], "lru", clock=VirtualClock())
 
 
 def put(store: Store, *ids: int, pin: bool = False) -> list[str]:

@@ -12,11 +12,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from kvstore.build import compose
 from kvstore.clock import VirtualClock
 from kvstore.errors import FailedPrecondition, ResourceExhausted
 from kvstore.hashing import Namespace
-from kvstore.policy.lru import LRUPolicy
-from kvstore.store import PutBlock, Store
+from kvstore.store import PutBlock
 from kvstore.tiers.disk import DiskTier
 from kvstore.tiers.memory import MemoryTier
 
@@ -37,15 +37,15 @@ class StoreMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp())
-        self.store = Store(
+        self.store = compose(
             [
                 MemoryTier("hbm", 3 * BLOCK, "cpu"),
                 MemoryTier("dram", 4 * BLOCK),
                 DiskTier(self.dir, 3 * BLOCK),
             ],
             [NS],
-            LRUPolicy(),
-            VirtualClock(),
+            "lru",
+            clock=VirtualClock(),
         )
         self.pins: dict[int, int] = {}
         self.pinned_tier: dict[int, str] = {}

@@ -118,8 +118,8 @@ def bench_size(
     ns = f"b{size_mib}m"
     for transport, shared in (("shm", True), ("grpc", False)):
         with Client(address, shared_memory=shared, timeout=600) as kv:
-            assert kv.transport == transport, (
-                f"expected the {transport} path, the client chose {kv.transport}"
+            assert kv.transport() == transport, (
+                f"expected the {transport} path, the client chose {kv.transport()}"
             )
             put_t = timed(lambda i, kv=kv: kv.put(ns, keys_for(size_mib, i, n), src), calls, fill)
             get_t = timed(

@@ -9,10 +9,10 @@ import grpc
 
 from kvstore import __version__
 from kvstore.errors import InvalidArgument
-from kvstore.leases import Leases
 from kvstore.server.convert import namespace_info
 from kvstore.server.errors import grpc_errors
 from kvstore.sessions import Session
+from kvstore.shm.leases import Leases
 from kvstore.store import Store
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
@@ -109,18 +109,19 @@ class AdminService(pb_grpc.AdminServicer):
     async def ListSessions(
         self, request: pb.ListSessionsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListSessionsResponse:
-        with self.store.lock:
-            now = self.store.clock.now()
-            return pb.ListSessionsResponse(
-                sessions=[session_info(s, now) for s in self.store.sessions.live()]
-            )
+        def listed() -> list[pb.SessionInfo]:
+            with self.store.lock:  # off the loop: session tables change under the hint and mover threads
+                now = self.store.clock.now()
+                return [session_info(s, now) for s in self.store.sessions.live()]
+
+        return pb.ListSessionsResponse(sessions=await asyncio.to_thread(listed))
 
 
 def session_info(s: Session, now: float) -> pb.SessionInfo:
     p = s.prefetch
-    prefetch = pb.PrefetchInfo(status=p.status, bytes=p.bytes)
-    if p.scheduled_at is not None:
-        prefetch.scheduled_in_s = p.scheduled_at - now
+    prefetch = pb.PrefetchInfo(status=p.status.value, bytes=p.bytes)
+    if p.next_check is not None:
+        prefetch.scheduled_in_s = p.next_check - now
     if p.done_at is not None:
         prefetch.done_ago_s = now - p.done_at
     info = pb.SessionInfo(

@@ -1,4 +1,11 @@
-"""Build and run the server: Store from Settings, gRPC services, health, reflection, metrics.
+"""Build and run the server: the store, gRPC services, health, reflection, metrics, and the
+threads around them.
+
+Threads: the asyncio loop serves gRPC and never takes the store's lock — data-path and admin
+calls run in worker threads (`asyncio.to_thread`), hints on one thread of their own (so one
+client's hints apply in order). The mover thread sleeps until a plan or a lease is due, then
+runs it. A background task saves what was learned of return times. Shared segments are
+pre-faulted by a thread at start, so the first write into a page never faults under a move.
 
 `KVStoreServer` is what `kvstore serve` runs and what tests start on a free loopback port.
 """
@@ -9,52 +16,29 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from kvstore.build import build_store
 from kvstore.config import Settings
-from kvstore.leases import Leases
-from kvstore.policy import make_policy
 from kvstore.server.admin_service import AdminService
 from kvstore.server.hints_service import AgentHintsService
 from kvstore.server.kvstore_service import KVStoreService
 from kvstore.server.metrics import serve_metrics
-from kvstore.sessions import SessionRegistry, ToolDurations
+from kvstore.shm.leases import Leases
 from kvstore.store import Store
-from kvstore.tiers import build_tiers
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAMES = [pb.DESCRIPTOR.services_by_name[n].full_name for n in ("KVStore", "AgentHints", "Admin")]
-MOVER_TICK_S = 0.02
-
-
-def build_store(settings: Settings) -> Store:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    agent = settings.agent
-    durations = ToolDurations(
-        settings.data_dir / "tool_durations.json",
-        agent.learned_quantile,
-        agent.default_tool_s,
-        agent.announced_quantile,
-    )
-    store = Store(
-        build_tiers(settings),
-        [ns.to_namespace() for ns in settings.namespaces],
-        make_policy(settings.policy, agent),
-        promote_on_get=settings.promote_on_get,
-        sessions=SessionRegistry(durations),
-        default_bandwidth=float(agent.link_bandwidth),
-    )
-    recovered = store.recover()
-    if recovered:
-        log.info("recovered %d blocks from %s", recovered, settings.data_dir)
-    return store
+SAVE_EVERY_S = 10.0  # learned return times are written at most this often (and at shutdown)
 
 
 def grpc_options(settings: Settings) -> list[tuple[str, int]]:
@@ -66,14 +50,15 @@ class KVStoreServer:
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
         self.store = store or build_store(settings)
-        self.leases = Leases(self.store, settings.shared_memory.lease_ttl_s)
+        self.leases = Leases(self.store, settings.shared_memory.lease_ttl_s, wake=self.store.plans.wake)
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
-        self._mover_task: asyncio.Task[None] | None = None
+        self._hints_thread = ThreadPoolExecutor(1, thread_name_prefix="kvstore-hints")
+        self._mover = threading.Thread(target=self._run_mover, name="kvstore-mover", daemon=True)
+        self._stop = threading.Event()
+        self._saver: asyncio.Task[None] | None = None
         self._stop_metrics: Callable[[], None] | None = None
-        self._wake = asyncio.Event()
-        self._stopping = False
 
     @property
     def address(self) -> str:
@@ -84,7 +69,7 @@ class KVStoreServer:
         server = grpc.aio.server(options=grpc_options(s))
         pb_grpc.add_KVStoreServicer_to_server(KVStoreService(self.store, self.leases), server)
         pb_grpc.add_AdminServicer_to_server(AdminService(self.store, self.leases), server)
-        pb_grpc.add_AgentHintsServicer_to_server(AgentHintsService(self.store, self.kick_mover), server)
+        pb_grpc.add_AgentHintsServicer_to_server(AgentHintsService(self.store, self._hints_thread), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
@@ -101,7 +86,11 @@ class KVStoreServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.metrics_port is not None:
             self._stop_metrics = serve_metrics(self.store, s.host, s.metrics_port, self.leases)
-        self._mover_task = asyncio.create_task(self._run_mover())
+        self._mover.start()
+        self._saver = asyncio.create_task(self._save_learned())
+        for tier in self.store.tiers:
+            if tier.segment is not None:
+                threading.Thread(target=tier.segment.prefault, name="kvstore-prefault", daemon=True).start()
         log.info(
             "kvstore serving on %s (tiers: %s; policy %s)",
             self.address,
@@ -112,34 +101,54 @@ class KVStoreServer:
             s.policy,
         )
 
-    async def _run_mover(self) -> None:
-        # Stopped by a flag, not by cancellation: on Python 3.11 wait_for can swallow a cancel
-        # that races with the wake event, and stop() would then wait forever.
-        while not self._stopping:
-            if self.store.mover.pending:
-                await asyncio.to_thread(self.store.run_due_jobs)
-            deadline = self.leases.next_deadline()
-            if deadline is not None and deadline <= self.store.clock.now():
-                await asyncio.to_thread(self.leases.expire)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), MOVER_TICK_S)
+    def _run_mover(self) -> None:
+        """Sleep until a plan or a lease is due (or a sooner plan arrives), then run what is due."""
+        plans, clock = self.store.plans, self.store.clock
+        while not self._stop.is_set():
+            try:
+                self.store.run_due()
+                deadline = self.leases.next_deadline()
+                if deadline is not None and deadline <= clock.now():
+                    self.leases.expire()
+                    deadline = self.leases.next_deadline()
+            except Exception:  # a failed move must not stop the mover for good
+                log.exception("a planned move failed")
+                deadline = None
+            due = [t for t in (plans.next_due(), deadline) if t is not None]
+            plans.wait(max(0.0, min(due) - clock.now()) if due else None)
 
-    def kick_mover(self) -> None:
-        """Run due jobs now rather than at the next tick (an urgent prefetch was just scheduled)."""
-        self._wake.set()
+    async def _save_learned(self) -> None:
+        while True:
+            await asyncio.sleep(SAVE_EVERY_S)
+            await asyncio.to_thread(self._save_learned_now)
+
+    def _save_learned_now(self) -> None:
+        """Snapshot what was learned under the lock; write it without."""
+        returns = self.store.sessions.returns
+        with self.store.lock:
+            snapshot = returns.take_snapshot()
+        if snapshot is not None:
+            try:
+                returns.write(snapshot)
+            except OSError as exc:
+                log.warning("could not save learned return times to %s: %s", returns.path, exc)
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop serving, then flush what must persist (memory tiers to disk, when configured)."""
-        if self._mover_task is not None:
-            self._stopping = True
-            self._wake.set()
-            await self._mover_task  # lets a running job finish before the flush
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
+        self._stop.set()
+        self.store.plans.wake()
+        if self._mover.is_alive():
+            await asyncio.to_thread(self._mover.join)  # lets a running move finish before the flush
+        if self._saver is not None:
+            self._saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._saver
         if self._stop_metrics is not None:
             self._stop_metrics()
+        self._hints_thread.shutdown(wait=True)
         await asyncio.to_thread(self.store.close, self.settings.flush_on_shutdown)
         if self.settings.unix_socket is not None:
             self.settings.unix_socket.unlink(missing_ok=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
 
 import grpc
 
@@ -17,6 +19,7 @@ from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 
 READY_POLL_S = 0.005
+T = TypeVar("T")
 
 
 def _reply(session: Session) -> pb.SessionReply:
@@ -24,38 +27,44 @@ def _reply(session: Session) -> pb.SessionReply:
 
 
 class AgentHintsService(pb_grpc.AgentHintsServicer):
-    """Hints only touch metadata (no bytes), so they run on the event loop under the store lock;
-    the moves they plan run on the mover's thread, which `kick` wakes."""
+    """Hints touch only metadata, but under the store's lock: they run on one thread of their own
+    (in arrival order), never on the event loop. The moves they plan run on the mover's thread."""
 
-    def __init__(self, store: Store, kick: Callable[[], None]) -> None:
+    def __init__(self, store: Store, thread: Executor) -> None:
         self.hints = Hints(store)
-        self.kick = kick
+        self.thread = thread
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
 
     @grpc_errors
     async def OpenSession(
         self, request: pb.OpenSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.SessionReply:
-        return _reply(self.hints.open_session(request.session, request.namespace))
+        return _reply(await self._run(self.hints.open_session, request.session, request.namespace))
 
     @grpc_errors
     async def CloseSession(
         self, request: pb.SessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.SessionReply:
-        return _reply(self.hints.close_session(request.session))
+        return _reply(await self._run(self.hints.close_session, request.session))
 
     @grpc_errors
     async def BindChain(
         self, request: pb.BindChainRequest, context: grpc.aio.ServicerContext
     ) -> pb.SessionReply:
-        return _reply(self.hints.bind(request.session, request.namespace, list(request.keys)))
+        return _reply(
+            await self._run(self.hints.bind, request.session, request.namespace, list(request.keys))
+        )
 
     @grpc_errors
     async def BeginToolCall(
         self, request: pb.BeginToolCallRequest, context: grpc.aio.ServicerContext
     ) -> pb.ToolCallReply:
         expected = request.expected_s if request.HasField("expected_s") and request.expected_s != 0 else None
-        plan = self.hints.begin_tool_call(request.session, request.tool_name, expected, request.call_id)
-        self.kick()
+        plan = await self._run(
+            self.hints.begin_tool_call, request.session, request.tool_name, expected, request.call_id
+        )
         return pb.ToolCallReply(
             call_id=plan.call_id, expected_s=plan.expected_s, prefetch_in_s=plan.prefetch_in_s
         )
@@ -64,33 +73,36 @@ class AgentHintsService(pb_grpc.AgentHintsServicer):
     async def EndToolCall(
         self, request: pb.EndToolCallRequest, context: grpc.aio.ServicerContext
     ) -> pb.ToolCallReply:
-        plan = self.hints.end_tool_call(request.call_id)
-        self.kick()
+        plan = await self._run(self.hints.end_tool_call, request.call_id)
         return pb.ToolCallReply(call_id=plan.call_id, expected_s=plan.expected_s)
 
     @grpc_errors
     async def AwaitingUser(
         self, request: pb.SessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.SessionReply:
-        reply = _reply(self.hints.awaiting_user(request.session))
-        self.kick()
-        return reply
+        return _reply(await self._run(self.hints.awaiting_user, request.session))
+
+    @grpc_errors
+    async def UserActive(
+        self, request: pb.SessionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SessionReply:
+        return _reply(await self._run(self.hints.user_active, request.session))
 
     @grpc_errors
     async def AnnounceFanout(
         self, request: pb.AnnounceFanoutRequest, context: grpc.aio.ServicerContext
     ) -> pb.FanoutReply:
-        fanout = self.hints.announce_fanout(request.session, request.n, request.ttl_s, request.fanout_id)
-        self.kick()
+        fanout = await self._run(
+            self.hints.announce_fanout, request.session, request.n, request.ttl_s, request.fanout_id
+        )
         return pb.FanoutReply(fanout_id=fanout.fanout_id, branches_left=fanout.branches_left)
 
     @grpc_errors
     async def BranchDone(
         self, request: pb.BranchDoneRequest, context: grpc.aio.ServicerContext
     ) -> pb.FanoutReply:
-        return pb.FanoutReply(
-            fanout_id=request.fanout_id, branches_left=self.hints.branch_done(request.fanout_id)
-        )
+        left = await self._run(self.hints.branch_done, request.fanout_id)
+        return pb.FanoutReply(fanout_id=request.fanout_id, branches_left=left)
 
     @grpc_errors
     async def WaitReady(
@@ -102,9 +114,9 @@ class AgentHintsService(pb_grpc.AgentHintsServicer):
             )
         deadline = time.monotonic() + request.timeout_s
         while True:
-            state = self.hints.residency(request.session)
+            state = await asyncio.to_thread(self.hints.residency, request.session)
             if state.ready or time.monotonic() >= deadline:
                 return pb.WaitReadyReply(
                     ready=state.ready, bytes_in_hbm=state.bytes_top, bytes_elsewhere=state.bytes_elsewhere
                 )
-            await asyncio.sleep(READY_POLL_S)
+            await asyncio.sleep(min(READY_POLL_S, max(0.0, deadline - time.monotonic())))

@@ -1,4 +1,5 @@
-"""KVStore service: what engines call. Store work runs in threads so copies never block the loop."""
+"""KVStore service: what engines call. Store work runs in worker threads, never on the event loop:
+the loop never waits on the store's lock or on a copy."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from collections.abc import AsyncIterator
 import grpc
 
 from kvstore.errors import InvalidArgument
-from kvstore.leases import BlockHeader, Leases
+from kvstore.index import PrefixMatch
 from kvstore.server.convert import namespace_info
 from kvstore.server.errors import grpc_errors
+from kvstore.shm.leases import BlockHeader, Leases
 from kvstore.store import PutBlock, Store
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
@@ -60,10 +62,14 @@ class KVStoreService(pb_grpc.KVStoreServicer):
     async def Lookup(self, request: pb.LookupRequest, context: grpc.aio.ServicerContext) -> pb.LookupResponse:
         if request.keys and request.tokens:
             raise InvalidArgument("give either keys or tokens, not both")
-        keys = list(request.keys)
-        if request.tokens:
-            keys = self.store.namespace(request.namespace).chain_keys(request.tokens)
-        match = await asyncio.to_thread(self.store.lookup, request.namespace, keys, request.session or None)
+
+        def lookup() -> tuple[list[bytes], PrefixMatch]:
+            keys = list(request.keys)
+            if request.tokens:  # hashing a long prompt is work too: off the loop
+                keys = self.store.namespace(request.namespace).chain_keys(request.tokens)
+            return keys, self.store.lookup(request.namespace, keys, request.session or None)
+
+        keys, match = await asyncio.to_thread(lookup)
         return pb.LookupResponse(
             prefix_blocks=match.blocks,
             tiers=match.tiers,

@@ -8,8 +8,8 @@ from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from kvstore.leases import Leases
-from kvstore.store import Store
+from kvstore.shm.leases import Leases
+from kvstore.store import Store, StoreStats
 
 
 class StoreCollector(Collector):
@@ -18,11 +18,14 @@ class StoreCollector(Collector):
         self.leases = leases
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        with self.store.lock:  # session tables change under the mover's thread
-            return iter(list(self._collect()))
+        stats = self.store.stats()  # takes the store's lock itself
+        leases = self.leases.stats() if self.leases is not None else None
+        with self.store.lock:  # session tables and link counts change under other threads
+            return iter(list(self._collect(stats, leases)))
 
-    def _collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        s = self.store.stats()
+    def _collect(
+        self, s: StoreStats, lease_stats: dict[str, int] | None
+    ) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         gauges = {
             "used_bytes": GaugeMetricFamily(
                 "kvstore_tier_used_bytes", "Bytes allocated in the tier", labels=["tier"]
@@ -66,7 +69,7 @@ class StoreCollector(Collector):
         yield CounterMetricFamily("kvstore_lookups", "Prefix lookups", value=s.lookups)
         moved = CounterMetricFamily("kvstore_moved_bytes", "Bytes moved between tiers", labels=["src", "dst"])
         moves = CounterMetricFamily("kvstore_moves", "Blocks moved between tiers", labels=["src", "dst"])
-        for (src, dst), link in list(self.store.mover.links.items()):
+        for (src, dst), link in list(self.store.links.measured.items()):
             moved.add_metric([src, dst], link.bytes)
             moves.add_metric([src, dst], link.moves)
         yield moved
@@ -91,13 +94,13 @@ class StoreCollector(Collector):
             prefetch_bytes.add_metric([kind], n)
         yield prefetch_bytes
         yield GaugeMetricFamily("kvstore_sessions", "Open agent sessions", value=len(registry.sessions))
-        if self.leases is not None:
+        if lease_stats is not None:
             leases = GaugeMetricFamily(
                 "kvstore_leases",
                 "Open shared-memory leases, and bytes reserved by write leases",
                 labels=["kind"],
             )
-            for kind, n in self.leases.stats().items():
+            for kind, n in lease_stats.items():
                 leases.add_metric([kind], n)
             yield leases
 

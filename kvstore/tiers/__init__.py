@@ -7,10 +7,10 @@ import logging
 import torch
 
 from kvstore.config import ConfigError, Settings
+from kvstore.shm.segments import shm_room
 from kvstore.tiers.base import CorruptBlock, Tier
 from kvstore.tiers.disk import DiskTier
 from kvstore.tiers.memory import MemoryTier, hbm_device
-from kvstore.tiers.shared import shm_room
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from kvstore.index import BlockEntry
 
 if TYPE_CHECKING:
-    from kvstore.tiers.shared import SharedSegment
+    from kvstore.shm.segments import SharedSegment
 
 
 class CorruptBlock(Exception):
@@ -24,6 +24,7 @@ class Tier(ABC):
     name: str
     capacity: int
     device: str = "cpu"
+    on_disk: bool = False  # file I/O: the store reads and writes it on its I/O pool
     # The shared-memory segment holding this tier's bytes, when same-host clients may map them.
     segment: SharedSegment | None = None
 
@@ -41,8 +42,9 @@ class Tier(ABC):
         """Give back the room of `entry`, which must have been allocated here."""
 
     @abstractmethod
-    def write(self, entry: BlockEntry, data: Any) -> None:
-        """Store `entry.size` bytes of `data` (a tensor or a buffer) at the entry's location."""
+    def write(self, entry: BlockEntry, data: Any, non_blocking: bool = False) -> None:
+        """Store `entry.size` bytes of `data` (a tensor or a buffer) at the entry's location
+        (`non_blocking`: a device copy may still be running when this returns; see mover.Copier)."""
 
     @abstractmethod
     def read(self, entry: BlockEntry) -> Any:

@@ -15,7 +15,7 @@ class CountingTier(ByteBudgetTier):
         self.device = "counting"
         self._zeros: dict[int, bytes] = {}
 
-    def write(self, entry: BlockEntry, data: Any) -> None:
+    def write(self, entry: BlockEntry, data: Any, non_blocking: bool = False) -> None:
         """Nothing is kept."""
 
     def read(self, entry: BlockEntry) -> bytes:

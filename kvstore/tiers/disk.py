@@ -29,6 +29,8 @@ HEADER = struct.Struct("<4sBHBBIQI")
 
 
 class DiskTier(ByteBudgetTier):
+    on_disk = True
+
     def __init__(self, root: Path, capacity: int, fsync: bool = False) -> None:
         super().__init__("disk", capacity)
         self.root = Path(root) / "blocks"
@@ -45,7 +47,7 @@ class DiskTier(ByteBudgetTier):
         hex_key = key.hex()
         return self.root / ns_dir / hex_key[:2] / f"{hex_key}.blk"
 
-    def write(self, entry: BlockEntry, data: Any) -> None:
+    def write(self, entry: BlockEntry, data: Any, non_blocking: bool = False) -> None:
         payload = as_buffer(data)[: entry.size]
         ns = entry.namespace.encode()
         parent = entry.parent or b""

@@ -4,7 +4,7 @@
 capacity, so every code path runs without a GPU). `dram` puts it in host memory, pinned when a
 GPU is present so HBM <-> DRAM copies run at full PCIe speed. No per-block malloc either way.
 A host buffer can live in a shared-memory segment (`shared=True`): same-host clients then read and
-write block bytes in place (see kvstore/leases.py for who may touch which bytes when).
+write block bytes in place (see kvstore/shm/leases.py for who may touch which bytes when).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from kvstore.index import BlockEntry
+from kvstore.shm.segments import SharedSegment
 from kvstore.tiers.allocator import ExtentAllocator
 from kvstore.tiers.base import Tier, as_buffer
-from kvstore.tiers.shared import SharedSegment
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +68,10 @@ class MemoryTier(Tier):
     def free(self, entry: BlockEntry) -> None:
         self._alloc.free(entry.location)
 
-    def write(self, entry: BlockEntry, data: Any) -> None:
+    def write(self, entry: BlockEntry, data: Any, non_blocking: bool = False) -> None:
         start, end = entry.location, entry.location + entry.size
         if isinstance(data, torch.Tensor):
-            self._buf[start:end].copy_(data.reshape(-1).view(torch.uint8), non_blocking=False)
+            self._buf[start:end].copy_(data.reshape(-1).view(torch.uint8), non_blocking=non_blocking)
         elif self._host is not None:
             self._host[start:end] = np.frombuffer(as_buffer(data), dtype=np.uint8, count=entry.size)
         else:

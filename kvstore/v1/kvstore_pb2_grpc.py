@@ -629,6 +629,11 @@ class AgentHintsStub(object):
                 request_serializer=kvstore_dot_v1_dot_kvstore__pb2.SessionRequest.SerializeToString,
                 response_deserializer=kvstore_dot_v1_dot_kvstore__pb2.SessionReply.FromString,
                 _registered_method=True)
+        self.UserActive = channel.unary_unary(
+                '/kvstore.v1.AgentHints/UserActive',
+                request_serializer=kvstore_dot_v1_dot_kvstore__pb2.SessionRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kvstore__pb2.SessionReply.FromString,
+                _registered_method=True)
         self.AnnounceFanout = channel.unary_unary(
                 '/kvstore.v1.AgentHints/AnnounceFanout',
                 request_serializer=kvstore_dot_v1_dot_kvstore__pb2.AnnounceFanoutRequest.SerializeToString,
@@ -688,6 +693,13 @@ class AgentHintsServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UserActive(self, request, context):
+        """The session's person is active (typing, approving a step): its next request is near.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AnnounceFanout(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -737,6 +749,11 @@ def add_AgentHintsServicer_to_server(servicer, server):
             ),
             'AwaitingUser': grpc.unary_unary_rpc_method_handler(
                     servicer.AwaitingUser,
+                    request_deserializer=kvstore_dot_v1_dot_kvstore__pb2.SessionRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kvstore__pb2.SessionReply.SerializeToString,
+            ),
+            'UserActive': grpc.unary_unary_rpc_method_handler(
+                    servicer.UserActive,
                     request_deserializer=kvstore_dot_v1_dot_kvstore__pb2.SessionRequest.FromString,
                     response_serializer=kvstore_dot_v1_dot_kvstore__pb2.SessionReply.SerializeToString,
             ),
@@ -918,6 +935,33 @@ class AgentHints(object):
             request,
             target,
             '/kvstore.v1.AgentHints/AwaitingUser',
+            kvstore_dot_v1_dot_kvstore__pb2.SessionRequest.SerializeToString,
+            kvstore_dot_v1_dot_kvstore__pb2.SessionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UserActive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.AgentHints/UserActive',
             kvstore_dot_v1_dot_kvstore__pb2.SessionRequest.SerializeToString,
             kvstore_dot_v1_dot_kvstore__pb2.SessionReply.FromString,
             options,

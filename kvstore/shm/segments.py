@@ -1,6 +1,6 @@
 """A POSIX shared-memory segment that backs a memory tier, so same-host clients map its bytes.
 
-Layout (kvstore/shm_header.py): a header page with a random token, then the tier's bytes. A client names
+Layout (kvstore/shm/header.py): a header page with a random token, then the tier's bytes. A client names
 the segment, maps it from its own /dev/shm and compares the token with the one the server sent
 over gRPC: a client on another host (or in another container) finds no such segment, or a
 different one, and falls back to gRPC. The server creates and unlinks it; if the server is
@@ -10,14 +10,19 @@ killed, Python's resource tracker unlinks it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import secrets
 from multiprocessing import shared_memory
 
-from kvstore.shm_header import HEADER_BYTES, SHM_ROOT, TOKEN_BYTES, header
+from kvstore.shm.header import HEADER_BYTES, SHM_ROOT, TOKEN_BYTES, header
 
 log = logging.getLogger(__name__)
+
+MADV_POPULATE_WRITE = 23  # Linux >= 5.14: fault pages in writable, contents untouched
+PREFAULT_CHUNK = 64 * 2**20
 
 
 def shm_room() -> int | None:
@@ -42,6 +47,25 @@ class SharedSegment:
         first = header(self.token)
         buf[: len(first)] = first
         self.data: memoryview | None = buf[HEADER_BYTES : HEADER_BYTES + size]
+
+    def prefault(self) -> int:
+        """Fault every page of the segment in, writable, without changing its contents — run by a
+        background thread at start, so that no write into the segment pays a page fault under a
+        move later. Safe beside writers (nothing is written). Returns the bytes prefaulted (0 where
+        the kernel cannot: older than 5.14)."""
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        mapping = self._shm._mmap  # type: ignore[attr-defined]
+        base = ctypes.addressof(ctypes.c_char.from_buffer(mapping))  # ctypes releases the GIL per call
+        done, total = 0, HEADER_BYTES + self.size
+        while done < total:
+            length = min(PREFAULT_CHUNK, total - done)
+            if libc.madvise(ctypes.c_void_p(base + done), ctypes.c_size_t(length), MADV_POPULATE_WRITE) != 0:
+                log.debug(
+                    "prefault of %s stopped at %d bytes: %s", self.name, done, os.strerror(ctypes.get_errno())
+                )
+                break
+            done += length
+        return done
 
     def close(self) -> None:
         """Unmap and unlink. Clients that still map it keep their mapping until they close it."""

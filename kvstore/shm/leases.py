@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -79,11 +79,16 @@ class Lease:
 
 
 class Leases:
-    def __init__(self, store: Store, ttl_s: float = 30.0) -> None:
+    """The lease tables. The store's methods take the store's lock themselves; this class's own
+    lock guards only its tables, and is never held while calling the store."""
+
+    def __init__(self, store: Store, ttl_s: float = 30.0, wake: Callable[[], None] = lambda: None) -> None:
         self.store = store
         self.ttl_s = ttl_s
+        self.wake = wake  # told when a lease opens: whoever expires leases sleeps until the next deadline
         self.shared_tiers = [t for t in store.tiers if t.segment is not None]
         self._segment_of = {t.name: i for i, t in enumerate(self.shared_tiers)}
+        self._shared_names = frozenset(self._segment_of)
         # Names this server's segments in every lease reply (random per start).
         first = self.shared_tiers[0].segment if self.shared_tiers else None
         self.token = first.token if first is not None else b""
@@ -97,12 +102,15 @@ class Leases:
     def enabled(self) -> bool:
         return bool(self.shared_tiers)
 
-    def _open(self, writing: bool, namespace: str, session: str | None, pin: bool) -> Lease:
-        lease_id = next(self._ids)
-        self._last_id = lease_id
-        lease = Lease(lease_id, self.store.clock.now() + self.ttl_s, writing, namespace, session, pin)
-        self._active[lease_id] = lease
-        heapq.heappush(self._deadlines, (lease.deadline, lease_id))
+    def _open(self, lease: Lease) -> Lease:
+        """Register a lease (its id and deadline set now)."""
+        with self._lock:
+            lease.id = next(self._ids)
+            self._last_id = lease.id
+            lease.deadline = self.store.clock.now() + self.ttl_s
+            self._active[lease.id] = lease
+            heapq.heappush(self._deadlines, (lease.deadline, lease.id))
+        self.wake()
         return lease
 
     def _check_batch(self, n: int) -> None:
@@ -122,41 +130,37 @@ class Leases:
             self.store.validate_size(namespace, b.size, i)
         size = self.store.namespace(namespace).block_bytes
         self.expire()
-        with self.store.lock, self._lock:
-            lease = self._open(True, namespace, session, pin)
-            slots, seen = [], set()
-            for b in blocks:
-                if b.key in seen or self.store.index.get(namespace, b.key) is not None:
-                    lease.slots.append((None, b.key, SlotState.STORED))
-                    slots.append(Slot(b.key, SlotState.STORED))
-                    continue
-                seen.add(b.key)
-                entry = BlockEntry(namespace, b.key, b.parent or None, size, "", meta=b.meta)
-                if not self.store.allocate_shared(entry):
-                    lease.slots.append((None, b.key, SlotState.NO_ROOM))
-                    slots.append(Slot(b.key, SlotState.NO_ROOM))
-                    continue
-                lease.slots.append((entry, b.key, SlotState.WRITE))
-                slots.append(Slot(b.key, SlotState.WRITE, self._segment_of[entry.tier], entry.location, size))
-            return lease, slots
+        lease = Lease(0, 0.0, True, namespace, session, pin)
+        slots, seen = [], set()
+        for b in blocks:
+            if b.key in seen or self.store.index.get(namespace, b.key) is not None:
+                lease.slots.append((None, b.key, SlotState.STORED))
+                slots.append(Slot(b.key, SlotState.STORED))
+                continue
+            seen.add(b.key)
+            entry = BlockEntry(namespace, b.key, b.parent or None, size, "", meta=b.meta)
+            if not self.store.reserve_shared(entry):
+                lease.slots.append((None, b.key, SlotState.NO_ROOM))
+                slots.append(Slot(b.key, SlotState.NO_ROOM))
+                continue
+            lease.slots.append((entry, b.key, SlotState.WRITE))
+            slots.append(Slot(b.key, SlotState.WRITE, self._segment_of[entry.tier], entry.location, size))
+        return self._open(lease), slots
 
     def commit(self, lease_id: int) -> list[tuple[bytes, str]]:
         """Index what the lease's client wrote; returns (key, tier) of every block it covered."""
-        with self.store.lock, self._lock:
+        with self._lock:
             lease = self._take(lease_id)
             if not lease.writing:
                 self._active[lease_id] = lease
                 raise InvalidArgument(f"lease {lease_id} is a read lease; end it with Release")
-            out = []
-            for entry, key, state in lease.slots:
-                if entry is not None:
-                    stored: BlockEntry | None = self.store.add_written(entry, lease.session, lease.pin)
-                elif state is SlotState.STORED:
-                    stored = self.store.put_again(lease.namespace, key, lease.session, lease.pin)
-                else:
-                    stored = None  # the client sends it over gRPC
-                out.append((key, stored.tier if stored is not None else ""))
-            return out
+        out = []
+        for entry, key, state in lease.slots:
+            stored = None
+            if state is not SlotState.NO_ROOM:  # a block without room goes over gRPC instead
+                stored = self.store.add_written(entry, lease.namespace, key, lease.session, lease.pin)
+            out.append((key, stored.tier if stored is not None else ""))
+        return out
 
     # ------------------------------------------------------------------ reading
 
@@ -164,63 +168,53 @@ class Leases:
         self, namespace: str, keys: Sequence[bytes], session: str | None = None, stop_at_miss: bool = False
     ) -> tuple[Lease, list[LeasedBlock | None]]:
         self._check_batch(len(keys))
-        store = self.store
-        store.namespace(namespace)
-        store._check_keys(keys)
         self.expire()
+        reads = self.store.read(namespace, keys, session, stop_at_miss, hold=self._shared_names)
+        lease = Lease(0, 0.0, False, namespace, session, False)
+        lease.reads = [r.held for r in reads if r is not None and r.held is not None]
         out: list[LeasedBlock | None] = []
-        with store.lock, self._lock:
-            lease = self._open(False, namespace, session, False)
-            now = store.clock.now()
-            for key in keys:
-                entry = store.index.get(namespace, key)
-                if entry is None:
-                    store.misses += 1
-                    out.append(None)
-                    if stop_at_miss:
-                        break
-                    continue
-                store.served(entry, session, now)
-                segment = self._segment_of.get(entry.tier)
-                if segment is None:  # not in shared memory (disk, a GPU): its bytes go inline
-                    data = store._read(entry)
-                    out.append(None if data is None else LeasedBlock(key, entry.meta, entry.tier, data=data))
-                    continue
-                entry.readers += 1
-                lease.reads.append(entry)
-                out.append(LeasedBlock(key, entry.meta, entry.tier, segment, entry.location, entry.size))
-            return lease, out
+        for r in reads:
+            if r is None:
+                out.append(None)
+            elif r.held is None:  # not in shared memory (disk, a GPU): its bytes go inline
+                out.append(LeasedBlock(r.key, r.meta, r.tier, data=r.data))
+            else:
+                held = r.held
+                out.append(
+                    LeasedBlock(r.key, r.meta, r.tier, self._segment_of[r.tier], held.location, held.size)
+                )
+        return self._open(lease), out
 
     # ------------------------------------------------------------------ ending
 
     def release(self, lease_id: int) -> bool:
         """End a lease. True if it was still valid: what its client read is what was stored.
         A write lease released without commit gives its slots back."""
-        with self.store.lock, self._lock:
+        with self._lock:
             try:
                 lease = self._take(lease_id)
             except FailedPrecondition:
                 return False
-            self._end(lease)
-            return True
+        self._end(lease)
+        return True
 
     def expire(self) -> int:
         """End the leases whose time is up; returns how many."""
         now = self.store.clock.now()
-        if not self._deadlines or self._deadlines[0][0] > now:
-            return 0
-        ended = 0
-        with self.store.lock, self._lock:
+        ended: list[Lease] = []
+        with self._lock:
             while self._deadlines and self._deadlines[0][0] <= now:
                 _, lease_id = heapq.heappop(self._deadlines)
                 lease = self._active.pop(lease_id, None)
                 if lease is not None:
-                    self._end(lease)
-                    ended += 1
-        return ended
+                    ended.append(lease)
+        for lease in ended:
+            self._end(lease)
+        return len(ended)
 
     def next_deadline(self) -> float | None:
-        return self._deadlines[0][0] if self._deadlines else None
+        with self._lock:
+            return self._deadlines[0][0] if self._deadlines else None
 
     def _take(self, lease_id: int) -> Lease:
         lease = self._active.pop(lease_id, None)
@@ -237,8 +231,7 @@ class Leases:
         for entry, _, _ in lease.slots:
             if entry is not None:
                 self.store.free_slot(entry)
-        for entry in lease.reads:
-            entry.readers -= 1
+        self.store.release(lease.reads)
 
     def stats(self) -> dict[str, int]:
         with self._lock:

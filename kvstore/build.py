@@ -1,0 +1,74 @@
+"""The composition root: the one place a store is put together, for the server and the replay.
+
+tiers + clock + sessions + links + index  ->  StoreView (what policies read)
+StoreView -> policy;  StoreView + policy + copier -> Placement;  + plan queue -> SessionActions
+Placement + SessionActions + namespaces -> Store
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from kvstore.clock import Clock, RealClock
+from kvstore.config import Settings
+from kvstore.hashing import Namespace
+from kvstore.index import Index
+from kvstore.mover import Copier, Links, PlanQueue
+from kvstore.placement import Placement, StoreView
+from kvstore.policy import AgentConfig, TTLConfig, make_policy
+from kvstore.sessions import ReturnTimes, SessionRegistry
+from kvstore.sessions.actions import SessionActions
+from kvstore.store import Store
+from kvstore.tiers.base import Tier
+
+log = logging.getLogger(__name__)
+
+
+def compose(
+    tiers: list[Tier],
+    namespaces: Iterable[Namespace],
+    policy: str,
+    *,
+    clock: Clock | None = None,
+    returns: ReturnTimes | None = None,
+    links: Links | None = None,
+    agent: AgentConfig | None = None,
+    ttl: TTLConfig | None = None,
+    engine_owns_top: bool = False,
+    virtual_transfers: bool = False,
+    promote_on_get: bool = True,
+    io_workers: int = 2,
+) -> Store:
+    """A store over these tiers (fastest first) running this policy. The replay passes a virtual
+    clock, counting tiers, fixed link speeds and `virtual_transfers`; the server, the defaults."""
+    if not tiers:
+        raise ValueError("a store needs at least one tier")
+    links = links or Links()
+    view = StoreView(clock or RealClock(), tiers, SessionRegistry(returns or ReturnTimes()), links, Index())
+    chosen = make_policy(policy, view, agent, ttl, engine_owns_top)
+    placement = Placement(view, chosen, Copier(links, io_workers))
+    actions = SessionActions(placement, PlanQueue(), virtual_transfers)
+    return Store(placement, actions, namespaces, promote_on_get)
+
+
+def build_store(settings: Settings) -> Store:
+    """The server's store: tiers from the settings, what was learned and stored before restored."""
+    from kvstore.tiers import build_tiers
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    agent = settings.agent
+    store = compose(
+        build_tiers(settings),
+        [ns.to_namespace() for ns in settings.namespaces],
+        settings.policy,
+        returns=ReturnTimes(settings.data_dir / "return_times.json", agent.default_tool_s),
+        links=Links(default=float(agent.link_bandwidth)),
+        agent=agent,
+        ttl=settings.ttl,
+        promote_on_get=settings.promote_on_get,
+    )
+    recovered = store.recover()
+    if recovered:
+        log.info("recovered %d blocks from %s", recovered, settings.data_dir)
+    return store

@@ -1,0 +1,311 @@
+"""Where blocks are: the tiers, the index, the policy's order, and moves between tiers.
+
+The lock (`Placement.lock`) guards the index, every tier's allocator, the placement fields of every
+entry (tier, location, pins, readers, moving), the policy's structures, the session registry and
+the counters. It is held for bookkeeping only, never while bytes are copied or files written:
+
+- a move reserves its destination and marks the block `moving` under the lock (the block stays
+  readable at its source, and is nobody's victim), copies with the lock released, and re-takes it
+  to switch the block's location and free its source. A move whose block gained a reader or a pin
+  meanwhile is abandoned instead, its destination freed;
+- making room claims victims under the lock (marks them moving) and pushes them down one tier
+  each the same way; from the bottom tier they are dropped;
+- a new block is written into its reserved slot before it is indexed, so nobody sees it half done.
+
+So a caller waits on the lock for at most one block's bookkeeping, whatever is being moved.
+Methods named `*_locked` expect the caller to hold the lock; the others take it themselves.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kvstore.clock import Clock
+from kvstore.index import BlockEntry, Index
+from kvstore.mover import Copier, Links
+from kvstore.policy.base import Policy
+from kvstore.sessions import Session, SessionRegistry
+from kvstore.tiers.base import CorruptBlock, Tier
+
+
+@dataclass
+class StoreView:
+    """What a policy may read of the store: the clock, the tiers, the links' speeds, the sessions,
+    and whether a block is still stored. Policies hold this, never the store."""
+
+    clock: Clock
+    tiers: list[Tier]
+    sessions: SessionRegistry
+    links: Links
+    index: Index
+
+    def __post_init__(self) -> None:
+        self.levels = {t.name: i for i, t in enumerate(self.tiers)}
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    def link_bandwidth(self, src: str, dst: str) -> float:
+        return self.links.bandwidth(src, dst)
+
+    def holds(self, entry: BlockEntry) -> bool:
+        return self.index.get(entry.namespace, entry.key) is entry
+
+
+@dataclass(slots=True)
+class TierCounters:
+    hits: int = 0
+    moves_in: int = 0
+    moves_out: int = 0
+    drops: int = 0
+
+
+class Moved(enum.Enum):
+    DONE = 0
+    BUSY = 1  # a reader or a pin came: the block stays where it was
+    NO_ROOM = 2
+    GONE = 3  # no longer stored (or its bytes were corrupt, and it was dropped)
+
+
+class Placement:
+    def __init__(self, view: StoreView, policy: Policy, copier: Copier) -> None:
+        self.view = view
+        self.tiers = view.tiers
+        self.tier_by_name = {t.name: t for t in self.tiers}
+        self.levels = view.levels
+        self.index = view.index
+        self.sessions = view.sessions
+        self.clock = view.clock
+        self.policy = policy
+        self.copier = copier
+        self.lock = threading.Lock()
+        self.counters = {t.name: TierCounters() for t in self.tiers}
+        self.pinned_bytes = {t.name: 0 for t in self.tiers}
+        self.tier_blocks = {t.name: 0 for t in self.tiers}
+        self.pinned_blocks = {t.name: 0 for t in self.tiers}
+        self.sessions.on_orphan = policy.on_orphan
+        self.sessions.on_claimed = policy.on_claimed
+
+    # ------------------------------------------------------------------ bookkeeping (lock held)
+
+    def held_locked(self, entry: BlockEntry) -> bool:
+        return self.index.get(entry.namespace, entry.key) is entry
+
+    def room_locked(self, level: int) -> int:
+        tier = self.tiers[level]
+        return tier.capacity - tier.used
+
+    def add_locked(self, entry: BlockEntry) -> None:
+        self.index.add(entry)
+        self.tier_blocks[entry.tier] += 1
+        self.policy.on_insert(entry)
+
+    def touch_locked(self, entry: BlockEntry, now: float) -> None:
+        entry.last_use = now
+        self.policy.on_access(entry)
+
+    def pin_locked(self, entry: BlockEntry) -> None:
+        if entry.pins == 0:
+            self.pinned_bytes[entry.tier] += entry.size
+            self.pinned_blocks[entry.tier] += 1
+            self.sessions.on_pinned(entry, True)
+            self.policy.on_pin(entry)
+        entry.pins += 1
+
+    def unpin_locked(self, entry: BlockEntry) -> None:
+        entry.pins -= 1
+        if entry.pins == 0:
+            self.pinned_bytes[entry.tier] -= entry.size
+            self.pinned_blocks[entry.tier] -= 1
+            self.sessions.on_pinned(entry, False)
+            self.policy.on_unpin(entry)
+
+    def drop_locked(self, entry: BlockEntry, count: bool = True) -> None:
+        self._count_wasted(entry, self.sessions.on_drop(entry))
+        self.tiers[self.levels[entry.tier]].free(entry)
+        self.policy.on_remove(entry)
+        self.index.remove(entry)
+        self._leave_tier(entry)
+        if count:
+            self.counters[entry.tier].drops += 1
+
+    def claim_victims_locked(self, level: int, nbytes: int, below: float | None) -> list[BlockEntry] | None:
+        """Victims to push out of tiers[level] so `nbytes` more fit, claimed (marked moving) so that
+        nobody else picks them; None (nothing claimed) when that much cannot be freed."""
+        victims = self.policy.victims(self.tiers[level].name, nbytes - self.room_locked(level), below)
+        for victim in victims or ():
+            victim.moving = True
+        return victims
+
+    # ------------------------------------------------------------------ moves (lock not held)
+
+    def make_room(self, level: int, nbytes: int, below: float | None = None) -> bool:
+        """Push the policy's victims out of tiers[level] until `nbytes` more fit; False, nothing
+        moved, when that is impossible (`below`: only victims scoring under it)."""
+        with self.lock:
+            victims = self.claim_victims_locked(level, nbytes, below)
+        if victims is None:
+            return False
+        for victim in victims:
+            self.push_down(victim, level)
+        return True
+
+    def push_down(self, victim: BlockEntry, level: int) -> None:
+        """Move a claimed victim from tiers[level] one tier down (making room there the same way);
+        drop it when there is no tier or no room below. A victim that gained a reader stays."""
+        outcome = self.move(victim, level + 1, claimed=True) if level + 1 < len(self.tiers) else Moved.NO_ROOM
+        if outcome is Moved.NO_ROOM:
+            with self.lock:
+                victim.moving = False
+                if self.held_locked(victim) and victim.movable:
+                    self.drop_locked(victim)
+
+    def move(
+        self,
+        entry: BlockEntry,
+        level: int,
+        below: float | None = None,
+        data: Any = None,
+        pin: bool = False,
+        claimed: bool = False,
+    ) -> Moved:
+        """Move `entry` to tiers[level], making room there first (`below`: pushing out only blocks
+        the policy scores under it). `data`: its bytes, when the caller read them already; `pin`:
+        pin it as it lands; `claimed`: the caller marked it moving (a victim)."""
+        dst = self.tiers[level]
+        while True:
+            with self.lock:
+                if not self.held_locked(entry):
+                    entry.moving = entry.moving and not claimed
+                    return Moved.GONE
+                if entry.tier == dst.name or (not claimed and not entry.movable):
+                    if claimed:
+                        entry.moving = False
+                    return Moved.DONE if entry.tier == dst.name else Moved.BUSY
+                staged = entry.staged(dst.name)
+                if entry.size <= dst.capacity and dst.allocate(staged):
+                    entry.moving = True
+                    src = self.tier_by_name[entry.tier]
+                    break
+                victim = self.policy.victim(dst.name, below) if entry.size <= dst.capacity else None
+                if victim is None:
+                    if claimed:
+                        entry.moving = True  # still ours: the caller decides
+                    return Moved.NO_ROOM
+                victim.moving = True
+            self.push_down(victim, level)
+        try:
+            self.copier.copy(src, entry, dst, staged, data)
+        except CorruptBlock:
+            with self.lock:
+                dst.free(staged)
+                entry.moving = False
+                if self.held_locked(entry):
+                    self.drop_locked(entry)
+            return Moved.GONE
+        except BaseException:
+            with self.lock:
+                dst.free(staged)
+                entry.moving = False
+            raise
+        with self.lock:
+            entry.moving = False
+            lower = self.levels[dst.name] > self.levels[src.name]
+            if not self.held_locked(entry) or entry.readers or (entry.pins and lower):
+                dst.free(staged)
+                return Moved.BUSY
+            self._switch_locked(entry, src, staged)
+            if pin:
+                self.pin_locked(entry)
+        return Moved.DONE
+
+    def place(self, entry: BlockEntry, data: Any) -> BlockEntry | None:
+        """Store a new block in the fastest tier that has or can make room: its bytes go into a
+        reserved slot, and only then is it indexed. Returns the stored entry (another writer's, if
+        one stored the key meanwhile), or None when no tier can take it."""
+        for level, tier in enumerate(self.tiers):
+            if entry.size > tier.capacity:
+                continue
+            while True:
+                with self.lock:
+                    entry.tier = tier.name
+                    if tier.allocate(entry):
+                        break
+                    victim = self.policy.victim(tier.name)
+                    if victim is None:
+                        entry.tier = ""
+                        break
+                    victim.moving = True
+                self.push_down(victim, level)
+            if entry.tier:
+                self.copier.write(tier, entry, data)
+                with self.lock:
+                    stored = self.index.get(entry.namespace, entry.key)
+                    if stored is not None:  # another writer got there first
+                        tier.free(entry)
+                        self.touch_locked(stored, self.clock.now())
+                        return stored
+                    self.add_locked(entry)
+                    return entry
+        return None
+
+    def evict(self, entry: BlockEntry, drop: bool = False) -> bool:
+        """Move a block one tier down, or out (`drop`, or from the bottom tier). False if it is
+        busy (pinned, read or moving)."""
+        with self.lock:
+            if not self.held_locked(entry) or not entry.movable:
+                return False
+            level = self.levels[entry.tier]
+            if drop or level + 1 == len(self.tiers):
+                self.drop_locked(entry)
+                return True
+            entry.moving = True
+        self.push_down(entry, level)
+        return True
+
+    def read(self, entry: BlockEntry) -> bytes | None:
+        """The bytes of a block the caller holds a reader count on; a block whose bytes fail their
+        checksum is dropped (unless it is being moved: the move finds out) and reads as None."""
+        try:
+            return self.copier.read_bytes(self.tier_by_name[entry.tier], entry)
+        except CorruptBlock:
+            with self.lock:
+                if self.held_locked(entry) and not entry.moving:
+                    self.drop_locked(entry)
+            return None
+
+    # ------------------------------------------------------------------ internals
+
+    def _switch_locked(self, entry: BlockEntry, src: Tier, staged: BlockEntry) -> None:
+        """The bytes are in `staged`'s slot: the block now lives there, and its source is freed."""
+        src.free(entry)
+        from_tier = entry.tier
+        self._leave_tier(entry)
+        entry.tier, entry.location = staged.tier, staged.location
+        self.tier_blocks[entry.tier] += 1
+        if entry.pins:
+            self.pinned_bytes[entry.tier] += entry.size
+            self.pinned_blocks[entry.tier] += 1
+        self.counters[from_tier].moves_out += 1
+        self.counters[entry.tier].moves_in += 1
+        wasted = self.sessions.on_move(entry, from_tier)  # sessions first: the policy reads their bytes
+        self.policy.on_move(entry, from_tier)
+        self._count_wasted(entry, wasted)
+
+    def _leave_tier(self, entry: BlockEntry) -> None:
+        self.tier_blocks[entry.tier] -= 1
+        if entry.pins:
+            self.pinned_bytes[entry.tier] -= entry.size
+            self.pinned_blocks[entry.tier] -= 1
+
+    def _count_wasted(self, entry: BlockEntry, sessions: Sequence[Session]) -> None:
+        """Prefetched blocks that left the top tier before their session used them."""
+        for session in sessions:
+            if session.prefetch.wasted_bytes == 0:
+                self.sessions.prefetches["wasted"] += 1
+            session.prefetch.wasted_bytes += entry.size
+            self.sessions.prefetch_bytes["wasted"] += entry.size
