@@ -2,8 +2,8 @@
 threads around them.
 
 Threads: the asyncio loop serves gRPC and never takes the store's lock — data-path and admin
-calls run in worker threads (`asyncio.to_thread`), hints on one thread of their own (so one
-client's hints apply in order). The mover thread sleeps until a plan or a lease is due, then
+calls run in worker threads (`asyncio.to_thread`), hints on the hint worker's thread (in order,
+in batches: server/hint_worker.py). The mover thread sleeps until a plan or a lease is due, then
 runs it. A background task saves what was learned of return times. Shared segments are
 pre-faulted by a thread at start, so the first write into a page never faults under a move.
 
@@ -18,7 +18,6 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -27,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from kvstore.build import build_store
 from kvstore.config import Settings
 from kvstore.server.admin_service import AdminService
+from kvstore.server.hint_worker import HintWorker
 from kvstore.server.hints_service import AgentHintsService
 from kvstore.server.kvstore_service import KVStoreService
 from kvstore.server.metrics import serve_metrics
@@ -54,7 +54,7 @@ class KVStoreServer:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
-        self._hints_thread = ThreadPoolExecutor(1, thread_name_prefix="kvstore-hints")
+        self._hint_worker: HintWorker | None = None
         self._mover = threading.Thread(target=self._run_mover, name="kvstore-mover", daemon=True)
         self._stop = threading.Event()
         self._saver: asyncio.Task[None] | None = None
@@ -69,7 +69,8 @@ class KVStoreServer:
         server = grpc.aio.server(options=grpc_options(s))
         pb_grpc.add_KVStoreServicer_to_server(KVStoreService(self.store, self.leases), server)
         pb_grpc.add_AdminServicer_to_server(AdminService(self.store, self.leases), server)
-        pb_grpc.add_AgentHintsServicer_to_server(AgentHintsService(self.store, self._hints_thread), server)
+        self._hint_worker = HintWorker(asyncio.get_running_loop())
+        pb_grpc.add_AgentHintsServicer_to_server(AgentHintsService(self.store, self._hint_worker), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
@@ -148,7 +149,8 @@ class KVStoreServer:
                 await self._saver
         if self._stop_metrics is not None:
             self._stop_metrics()
-        self._hints_thread.shutdown(wait=True)
+        if self._hint_worker is not None:
+            await asyncio.to_thread(self._hint_worker.close)
         await asyncio.to_thread(self.store.close, self.settings.flush_on_shutdown)
         if self.settings.unix_socket is not None:
             self.settings.unix_socket.unlink(missing_ok=True)

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from concurrent.futures import Executor
-from typing import Any, TypeVar
 
 import grpc
 
 from kvstore.errors import InvalidArgument
 from kvstore.hints import MAX_DURATION_S, Hints
 from kvstore.server.errors import grpc_errors
+from kvstore.server.hint_worker import HintWorker
 from kvstore.sessions import Session
 from kvstore.store import Store
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 
 READY_POLL_S = 0.005
-T = TypeVar("T")
 
 
 def _reply(session: Session) -> pb.SessionReply:
@@ -27,15 +24,12 @@ def _reply(session: Session) -> pb.SessionReply:
 
 
 class AgentHintsService(pb_grpc.AgentHintsServicer):
-    """Hints touch only metadata, but under the store's lock: they run on one thread of their own
-    (in arrival order), never on the event loop. The moves they plan run on the mover's thread."""
+    """Hints touch only metadata, but under the store's lock: they run on the hint worker's
+    thread (in arrival order), never on the event loop. The moves they plan run on the mover's."""
 
-    def __init__(self, store: Store, thread: Executor) -> None:
+    def __init__(self, store: Store, worker: HintWorker) -> None:
         self.hints = Hints(store)
-        self.thread = thread
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
+        self._run = worker.run
 
     @grpc_errors
     async def OpenSession(
