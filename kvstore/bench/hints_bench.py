@@ -1,13 +1,19 @@
-"""`kvstore bench hints`: hint round trips under concurrent sessions, what a fire-and-forget hint
-costs the agent, and a live timeline of one tool call under HBM pressure (real server, real bytes)."""
+"""`kvstore bench hints`: hint throughput against a bare gRPC server of the same shape, hint round
+trips under concurrent sessions, what a fire-and-forget hint costs the agent, and a live timeline
+of one tool call under HBM pressure (real server, real bytes)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import multiprocessing
 import os
+import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -20,6 +26,105 @@ from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 
 MiB = 2**20
+
+
+class BareHints(pb_grpc.AgentHintsServicer):
+    """The same service shape with nothing behind it: what gRPC alone costs per hint."""
+
+    async def OpenSession(
+        self, request: pb.OpenSessionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SessionReply:
+        return pb.SessionReply(session=request.session, state="running")
+
+    async def BeginToolCall(
+        self, request: pb.BeginToolCallRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ToolCallReply:
+        return pb.ToolCallReply(call_id=request.call_id, expected_s=request.expected_s)
+
+    async def EndToolCall(
+        self, request: pb.EndToolCallRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ToolCallReply:
+        return pb.ToolCallReply(call_id=request.call_id)
+
+
+def _serve_bare(port: multiprocessing.Value) -> None:  # type: ignore[valid-type]
+    async def serve() -> None:
+        server = grpc.aio.server()
+        pb_grpc.add_AgentHintsServicer_to_server(BareHints(), server)
+        port.value = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
+
+
+@contextmanager
+def bare_server() -> Iterator[str]:
+    """A bare grpc.aio AgentHints server in a child process, as kvstore's server is."""
+    ctx = multiprocessing.get_context("spawn")
+    port = ctx.Value("i", 0)
+    child = ctx.Process(target=_serve_bare, args=(port,), daemon=True)
+    child.start()
+    try:
+        deadline = time.monotonic() + 30
+        while port.value == 0:
+            if not child.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the bare gRPC server did not start")
+            time.sleep(0.01)
+        address = f"127.0.0.1:{port.value}"
+        with grpc.insecure_channel(address) as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+        yield address
+    finally:
+        child.kill()
+        child.join()
+
+
+def throughput(address: str, sessions: int, seconds: float) -> float:
+    """Hints per second: `sessions` agents, each sending BeginToolCall/EndToolCall back to back."""
+
+    async def run() -> int:
+        async with grpc.aio.insecure_channel(address) as channel:
+            hints = pb_grpc.AgentHintsStub(channel)
+            await asyncio.gather(
+                *(
+                    hints.OpenSession(pb.OpenSessionRequest(session=f"s{n}", namespace="bench"))
+                    for n in range(sessions)
+                )
+            )
+            deadline = time.monotonic() + seconds
+
+            async def agent(n: int) -> int:
+                sent = 0
+                while time.monotonic() < deadline:
+                    call_id = f"{n}-{sent}"
+                    await hints.BeginToolCall(
+                        pb.BeginToolCallRequest(
+                            session=f"s{n}", tool_name="t", expected_s=30, call_id=call_id
+                        )
+                    )
+                    await hints.EndToolCall(pb.EndToolCallRequest(call_id=call_id))
+                    sent += 2
+                return sent
+
+            return sum(await asyncio.gather(*(agent(n) for n in range(sessions))))
+
+    t0 = time.monotonic()
+    sent = asyncio.run(run())
+    return sent / (time.monotonic() - t0)
+
+
+def compare_throughput(
+    ours: str, bare: str, sessions: int, seconds: float, rounds: int
+) -> list[dict[str, float]]:
+    """Alternate rounds on the two servers, so a busy machine weighs on both alike."""
+    rows = []
+    for n in range(rounds):
+        mine, theirs = throughput(ours, sessions, seconds), throughput(bare, sessions, seconds)
+        rows.append(
+            {"round": n + 1, "kvstore hints/s": mine, "bare grpc.aio hints/s": theirs, "ratio": mine / theirs}
+        )
+    return rows
 
 
 def round_trips(address: str, sessions: int, calls: int) -> list[float]:
@@ -70,9 +175,17 @@ def timeline(address: str, blocks: int, tool_s: float) -> list[dict[str, object]
     stop = threading.Event()
 
     def pressure() -> None:
-        with Client(address) as kv:
-            while not stop.is_set():
-                kv.put("bench", [os.urandom(32)], [os.urandom(MiB)])
+        # Blocks of a running session push the tool call's KV out (the agent policy keeps a
+        # running session's blocks over those of a session in a tool call; unreferenced blocks
+        # would simply be evicted first). Halfway through, that session waits on its user, so
+        # the tool call's KV, due back sooner, may displace it again.
+        with Client(address) as kv, AgentSession(address, namespace="bench") as busy:
+            busy.flush()
+            while not stop.is_set() and time.monotonic() - t0 < tool_s / 2:
+                kv.put("bench", [os.urandom(32)], [os.urandom(MiB)], session=busy.id)
+            busy.awaiting_user()
+            busy.flush()
+            stop.wait()
 
     with (
         Client(address) as kv,
@@ -83,9 +196,9 @@ def timeline(address: str, blocks: int, tool_s: float) -> list[dict[str, object]
         keys = kv.keys_for("bench", range(16 * blocks))
         kv.put("bench", keys, [os.urandom(MiB) for _ in keys], session=session.id)
         session.flush()
+        t0 = time.monotonic()
         worker = threading.Thread(target=pressure, daemon=True)
         worker.start()
-        t0 = time.monotonic()
 
         def sample() -> None:
             info = next(
@@ -110,7 +223,7 @@ def timeline(address: str, blocks: int, tool_s: float) -> list[dict[str, object]
         worker.join()
     fewest = min(samples, key=lambda s: s[1])
     moments = [
-        ("tool call begins (expected 1 s)", samples[0]),
+        (f"tool call begins (expected {tool_s:g} s)", samples[0]),
         ("first block pushed out of HBM", next((s for s in samples if s[1] < blocks), None)),
         ("fewest blocks in HBM", fewest),
         ("prefetch done", next((s for s in samples if s[2] == "done"), None)),
@@ -142,6 +255,12 @@ def timeline(address: str, blocks: int, tool_s: float) -> list[dict[str, object]
 
 
 def main(args: argparse.Namespace) -> int:
+    if min(args.sessions, args.calls, args.rounds, args.blocks, args.hbm_mib) < 1:
+        print("kvstore bench hints: --sessions, --calls, --rounds, --blocks and --hbm-mib must be at least 1")
+        return 2
+    if not (args.seconds > 0 and args.tool_s > 0):
+        print("kvstore bench hints: --seconds and --tool-s must be greater than 0")
+        return 2
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.yaml"
         config.write_text(
@@ -158,23 +277,26 @@ def main(args: argparse.Namespace) -> int:
                 }
             )
         )
-        with ServerProcess(Path(tmp) / "data", config=config) as server:
+        with ServerProcess(Path(tmp) / "data", config=config) as server, bare_server() as bare:
+            rounds = compare_throughput(server.address, bare, args.sessions, args.seconds, args.rounds)
             rtt = round_trips(server.address, args.sessions, args.calls)
             cost = caller_cost(server.address, 2000)
             events = timeline(server.address, args.blocks, args.tool_s)
     figures = {
         "sessions": args.sessions,
+        "throughput ratio (median)": statistics.median(r["ratio"] for r in rounds),
         "hints": len(rtt),
         "hint rtt p50 ms": percentile(rtt, 50) * 1e3,
         "hint rtt p99 ms": percentile(rtt, 99) * 1e3,
         "caller cost p50 us": percentile(cost, 50) * 1e6,
         "caller cost p99 us": percentile(cost, 99) * 1e6,
     }
+    print_table(f"hint throughput, {args.sessions} sessions, kvstore vs a bare grpc.aio server", rounds)
     print_table(f"hint round trips, {args.sessions} concurrent sessions", [figures])
     print_table(
         f"live timeline: {args.blocks} x 1 MiB blocks, {args.tool_s}s tool call, HBM under pressure", events
     )
-    write_json(args.json, {"figures": figures, "timeline": events})
+    write_json(args.json, {"figures": figures, "throughput": rounds, "timeline": events})
     return 0
 
 
@@ -182,12 +304,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "hints",
         help="hint round trips, caller cost, and a live tool-call timeline",
-        description="Real server (agent policy): BeginToolCall/EndToolCall round trips from "
+        description="Real server (agent policy): hint throughput against a bare grpc.aio "
+        "AgentHints server (alternating rounds), BeginToolCall/EndToolCall round trips from "
         "concurrent sessions, the caller-side cost of a queued hint, and one tool "
         "call's KV leaving HBM under pressure and coming back before the call ends.",
     )
     p.add_argument("--sessions", type=int, default=64, help="concurrent sessions (default 64)")
     p.add_argument("--calls", type=int, default=50, help="tool calls per session (default 50)")
+    p.add_argument("--seconds", type=float, default=6.0, help="length of each throughput round (default 6)")
+    p.add_argument("--rounds", type=int, default=3, help="throughput rounds per server (default 3)")
     p.add_argument(
         "--blocks", type=int, default=32, help="1 MiB blocks of the timeline's session (default 32)"
     )
