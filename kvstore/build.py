@@ -15,6 +15,7 @@ from kvstore.config import Settings
 from kvstore.hashing import Namespace
 from kvstore.index import Index
 from kvstore.mover import Copier, Links, PlanQueue
+from kvstore.persistence import recover
 from kvstore.placement import Placement, StoreView
 from kvstore.policy import AgentConfig, TTLConfig, make_policy
 from kvstore.sessions import ReturnTimes, SessionRegistry
@@ -68,7 +69,7 @@ def build_store(settings: Settings) -> Store:
         ttl=settings.ttl,
         promote_on_get=settings.promote_on_get,
     )
-    recovered = store.recover()
+    recovered = recover(store)
     if recovered:
         log.info("recovered %d blocks from %s", recovered, settings.data_dir)
     return store

@@ -68,7 +68,7 @@ class Hints:
 
     def open_session(self, session_id: str, namespace: str) -> Session:
         _check_id(session_id, "session")
-        self.store.namespace(namespace)
+        self.store.check.namespace(namespace)
         with self.store.lock:
             existing = self.registry.sessions.get(session_id)
             if existing is not None and existing.namespace != namespace:
@@ -91,7 +91,7 @@ class Hints:
 
     def bind(self, session_id: str, namespace: str, keys: list[bytes]) -> Session:
         """Attach the stored part of a chain to a session; keys not stored are ignored."""
-        self.store.check_keys(keys)
+        self.store.check.keys(keys)
         with self.store.lock:
             session = self.session(session_id)
             if namespace != session.namespace:

@@ -6,22 +6,21 @@ knows about gRPC. Where blocks live and how they move is `kvstore.placement`; wh
 sessions is `kvstore.hints` and `kvstore.sessions`; plans run in `sessions.actions`.
 
 Threads: every method may be called from any thread. The lock (`Store.lock`, the placement's)
-is held for bookkeeping only; bytes are copied and files written without it, so a Lookup never
-waits behind a move. The server calls these methods off its event loop (`asyncio.to_thread`).
+guards the index, the tiers' allocations and counters, the session registry and the plan queue:
+bookkeeping only. Bytes are copied and files written without it (a moving block stays readable at
+its source and is neither movable nor evictable), so a Lookup waits at most one block's
+bookkeeping. The server calls these methods off its event loop (`asyncio.to_thread`; hints on the
+hint worker's thread); nothing on the loop takes the lock. Checks live in `validation`, restart
+and shutdown in `persistence`, operators' views in `stats`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import heapq
-import logging
-import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kvstore import hashing
 from kvstore.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from kvstore.hashing import Namespace
 from kvstore.index import BlockEntry, PrefixMatch
@@ -29,11 +28,7 @@ from kvstore.placement import Moved, Placement
 from kvstore.sessions import Session
 from kvstore.sessions.actions import SessionActions
 from kvstore.tiers.base import as_buffer
-from kvstore.tiers.disk import DiskTier
-
-log = logging.getLogger(__name__)
-
-MAX_META_BYTES = 4096
+from kvstore.validation import Checks
 
 
 @dataclass(slots=True)
@@ -65,30 +60,6 @@ class Promotion:
     blocks: int  # leading blocks of the chain that were stored (and pinned, when asked)
 
 
-@dataclass(slots=True)
-class TierStats:
-    name: str
-    device: str
-    used: int
-    capacity: int
-    blocks: int
-    pinned_blocks: int
-    hits: int
-    moves_in: int
-    moves_out: int
-    drops: int
-
-
-@dataclass(slots=True)
-class StoreStats:
-    tiers: list[TierStats]
-    blocks: int
-    misses: int
-    lookups: int
-    lookup_hit_blocks: int
-    policy: str
-
-
 class Store:
     def __init__(
         self,
@@ -100,6 +71,7 @@ class Store:
         self.placement = placement
         self.actions = actions
         self.namespaces = {ns.name: ns for ns in namespaces}
+        self.check = Checks(self.namespaces)
         self.promote_on_get = promote_on_get
         self.lock = placement.lock
         self.tiers, self.tier_by_name = placement.tiers, placement.tier_by_name
@@ -109,50 +81,7 @@ class Store:
         self.plan_feed = actions.feed
         self.misses = self.lookups = self.lookup_hit_blocks = 0
 
-    # ------------------------------------------------------------------ validation
-
-    def namespace(self, name: str) -> Namespace:
-        if not name:
-            raise InvalidArgument("namespace is empty; pass the name of a configured namespace")
-        ns = self.namespaces.get(name)
-        if ns is None:
-            known = ", ".join(sorted(self.namespaces)) or "none"
-            raise NotFound(
-                f"namespace {name!r} is not configured (configured: {known}); add it under "
-                "`namespaces:` in the server config"
-            )
-        return ns
-
-    @staticmethod
-    def check_keys(keys: Sequence[bytes]) -> None:
-        lo, hi = hashing.MIN_KEY_BYTES, hashing.MAX_KEY_BYTES
-        for i, key in enumerate(keys):
-            if not lo <= len(key) <= hi:  # on every lookup: format a message only on failure
-                _check_key(key, f"key #{i}")
-
-    def validate_put(self, block: PutBlock, i: int = 0) -> None:
-        self.validate_header(block.namespace, block.key, block.parent, block.meta, i)
-        self.validate_size(block.namespace, len(as_buffer(block.data)), i)
-
-    def validate_size(self, namespace: str, size: int, i: int = 0) -> None:
-        ns = self.namespace(namespace)
-        if size != ns.block_bytes:
-            raise InvalidArgument(
-                f"block #{i} has {size} bytes; namespace {ns.name!r} stores blocks of "
-                f"exactly {ns.block_bytes} bytes ({ns.block_tokens} tokens)"
-            )
-
-    def validate_header(
-        self, namespace: str, key: bytes, parent: bytes | None, meta: bytes, i: int = 0
-    ) -> Namespace:
-        """Everything about a block to store but its bytes; returns its namespace."""
-        ns = self.namespace(namespace)
-        _check_key(key, f"block #{i} key")
-        if parent:
-            _check_key(parent, f"block #{i} parent")
-        if len(meta) > MAX_META_BYTES:
-            raise InvalidArgument(f"block #{i} meta is {len(meta)} bytes; at most {MAX_META_BYTES}")
-        return ns
+    # ------------------------------------------------------------------ lookups of entries
 
     def _entries_locked(self, namespace: str, keys: Sequence[bytes]) -> list[BlockEntry]:
         """The entries of all `keys`, or NotFound naming the first missing one."""
@@ -168,7 +97,9 @@ class Store:
     def put(self, blocks: Sequence[PutBlock]) -> list[str]:
         """Store blocks; returns the tier each landed in ('' when it could not be placed)."""
         for i, block in enumerate(blocks):
-            self.validate_put(block, i)
+            self.check.block(
+                block.namespace, block.key, block.parent, block.meta, len(as_buffer(block.data)), i
+            )
         placement = self.placement
         with self.lock:
             self._check_room_locked(blocks)
@@ -272,11 +203,6 @@ class Store:
     # ------------------------------------------------------------------ reading
 
     def get(
-        self, namespace: str, keys: Sequence[bytes], session: str | None = None, stop_at_miss: bool = False
-    ) -> list[Read | None]:
-        return self.read(namespace, keys, session, stop_at_miss)
-
-    def read(
         self,
         namespace: str,
         keys: Sequence[bytes],
@@ -287,8 +213,8 @@ class Store:
         """Read blocks (Get, and Acquire's read loop): a block in a tier named in `hold` stays in
         its slot with a reader count the caller gives back with `release`; the others' bytes are
         copied out without the lock. Counts hits and misses, and may promote what was read."""
-        self.namespace(namespace)
-        self.check_keys(keys)
+        self.check.namespace(namespace)
+        self.check.keys(keys)
         placement = self.placement
         with self.lock:
             blocks = self.index.blocks(namespace)
@@ -353,8 +279,8 @@ class Store:
         engine does before running a request over it. With `pin`, each block is pinned as it
         lands, so bringing in the rest cannot push it out again. Stops at the first key that is
         not stored."""
-        self.namespace(namespace)
-        self.check_keys(keys)
+        self.check.namespace(namespace)
+        self.check.keys(keys)
         placement, top = self.placement, self.tiers[0].name
         result = Promotion({}, 0)
         with self.lock:
@@ -389,8 +315,8 @@ class Store:
     def lookup(self, namespace: str, keys: Sequence[bytes], session: str | None = None) -> PrefixMatch:
         """Longest stored prefix of the chain. With a session (a request starting), the session now
         references exactly that prefix; the blocks it puts next join it."""
-        self.namespace(namespace)
-        self.check_keys(keys)
+        self.check.namespace(namespace)
+        self.check.keys(keys)
         with self.lock:
             match = self.index.longest_prefix(namespace, keys)
             self.lookups += 1
@@ -413,8 +339,8 @@ class Store:
     # ------------------------------------------------------------------ pins, deletes, evictions
 
     def delete(self, namespace: str, keys: Sequence[bytes]) -> int:
-        self.namespace(namespace)
-        self.check_keys(keys)
+        self.check.namespace(namespace)
+        self.check.keys(keys)
         with self.lock:
             entries = list(
                 dict.fromkeys(e for e in (self.index.get(namespace, k) for k in keys) if e is not None)
@@ -425,8 +351,8 @@ class Store:
             return len(entries)
 
     def pin(self, namespace: str, keys: Sequence[bytes]) -> int:
-        self.namespace(namespace)
-        self.check_keys(keys)
+        self.check.namespace(namespace)
+        self.check.keys(keys)
         with self.lock:
             entries = self._entries_locked(namespace, keys)
             for entry in entries:
@@ -434,8 +360,8 @@ class Store:
             return len(entries)
 
     def unpin(self, namespace: str, keys: Sequence[bytes]) -> int:
-        self.namespace(namespace)
-        self.check_keys(keys)
+        self.check.namespace(namespace)
+        self.check.keys(keys)
         with self.lock:
             entries = self._entries_locked(namespace, keys)
             times = Counter(map(id, entries)) if len(set(keys)) != len(keys) else None
@@ -459,8 +385,8 @@ class Store:
         if keys and (tier or nbytes):
             raise InvalidArgument("evict takes either keys or tier + bytes, not both")
         if keys:
-            self.namespace(namespace)
-            self.check_keys(keys)
+            self.check.namespace(namespace)
+            self.check.keys(keys)
             with self.lock:
                 entries = list(dict.fromkeys(self._entries_locked(namespace, keys)))
                 _require_movable(entries)
@@ -476,113 +402,18 @@ class Store:
         left = [e for e in entries if self.placement.evict(e, drop)]
         return len(left), sum(e.size for e in left)
 
-    # ------------------------------------------------------------------ plans, persistence
+    # ------------------------------------------------------------------ plans, shutdown
 
     def run_due(self) -> int:
         """Run the plans whose time has come (the server's mover thread, the replay's clock)."""
         return self.actions.run_due()
 
-    def link_bandwidth(self, src: str, dst: str) -> float:
-        return self.links.bandwidth(src, dst)
-
-    def disk_tier(self) -> DiskTier | None:
-        return next((t for t in self.tiers if isinstance(t, DiskTier)), None)
-
-    def recover(self) -> int:
-        """Index the blocks the disk tier holds from an earlier run; returns how many."""
-        disk = self.disk_tier()
-        if disk is None:
-            return 0
-        wall_now, now = time.time(), self.clock.now()
-        found = sorted(disk.scan(), key=lambda e: e.last_use)
-        recovered = 0
-        with self.lock:
-            for entry in found:
-                ns = self.namespaces.get(entry.namespace)
-                if ns is None:
-                    log.warning("keeping block file of unconfigured namespace %r unindexed", entry.namespace)
-                    continue
-                if entry.size != ns.block_bytes or self.index.get(entry.namespace, entry.key) is not None:
-                    disk.path(entry.namespace, entry.key).unlink(missing_ok=True)
-                    continue
-                if not disk.adopt(entry):
-                    continue
-                entry.last_use = now - max(0.0, wall_now - entry.last_use)
-                self.placement.add_locked(entry)
-                recovered += 1
-        return recovered
-
-    def flush(self) -> int:
-        """Move memory-tier blocks to disk (least recently used first) so a restart keeps them."""
-        disk = self.disk_tier()
-        if disk is None:
-            return 0
-        with self.lock:
-            memory = sorted(
-                (e for e in self.index.entries() if e.tier != disk.name), key=lambda e: e.last_use
-            )
-        level = self.tiers.index(disk)
-        return sum(1 for e in memory if self.placement.move(e, level) is Moved.DONE)
-
-    def close(self, flush: bool = True) -> None:
-        if flush:
-            log.info("flushed %d blocks to disk", self.flush())
+    def close(self) -> None:
+        """Save what was learned and release the tiers (flush first with `persistence.flush`)."""
         self.sessions.returns.save()
         self.placement.copier.close()
         for tier in self.tiers:
             tier.close()
-
-    # ------------------------------------------------------------------ introspection
-
-    def pinned_bytes(self, tier: str) -> int:
-        return self.placement.pinned_bytes[tier]
-
-    def stats(self) -> StoreStats:
-        p = self.placement
-        with self.lock:
-            tiers = [
-                TierStats(
-                    t.name,
-                    t.device,
-                    t.used,
-                    t.capacity,
-                    p.tier_blocks[t.name],
-                    p.pinned_blocks[t.name],
-                    c.hits,
-                    c.moves_in,
-                    c.moves_out,
-                    c.drops,
-                )
-                for t in self.tiers
-                for c in [p.counters[t.name]]
-            ]
-            return StoreStats(
-                tiers, len(self.index), self.misses, self.lookups, self.lookup_hit_blocks, self.policy.name
-            )
-
-    def list_blocks(
-        self, namespace: str = "", tier: str = "", limit: int = 100
-    ) -> tuple[list[BlockEntry], int]:
-        """Up to `limit` blocks (most recently used first) and how many matched in all."""
-        if namespace:
-            self.namespace(namespace)
-        if tier and tier not in self.tier_by_name:
-            raise InvalidArgument(
-                f"tier {tier!r} is not one of this store's tiers: {', '.join(self.tier_by_name)}"
-            )
-        if limit < 1:
-            raise InvalidArgument("limit must be >= 1")
-        with self.lock:
-            matched = [e for e in self.index.entries(namespace or None) if not tier or e.tier == tier]
-            newest = heapq.nlargest(limit, matched, key=lambda e: e.last_use)
-            return [dataclasses.replace(e) for e in newest], len(matched)
-
-
-def _check_key(key: bytes, what: str) -> None:
-    try:
-        hashing.check_key(key, what)
-    except ValueError as exc:
-        raise InvalidArgument(str(exc)) from None
 
 
 def _require_movable(entries: Sequence[BlockEntry]) -> None:

@@ -17,6 +17,7 @@ from kvstore.hints import Hints
 from kvstore.mover import Links
 from kvstore.plan_feed import Subscription
 from kvstore.sessions import Away, AwayKind, ReturnTimes
+from kvstore.stats import store_stats
 from kvstore.store import PutBlock, Store
 from kvstore.tiers.memory import MemoryTier
 
@@ -262,7 +263,7 @@ def test_fanout_loads_the_prefix_once_and_pins_it_until_the_last_branch(tmp_path
         left = hints.branch_done(fanout.fanout_id)
         assert left == 2 - i
         assert all(store.index.get("t", key(f"a{j}")).pins == (1 if left else 0) for j in range(4))
-    assert store.stats().tiers[0].pinned_blocks == 0
+    assert store_stats(store).tiers[0].pinned_blocks == 0
     with pytest.raises(NotFound):
         hints.branch_done(fanout.fanout_id)
 
@@ -273,11 +274,11 @@ def test_fanout_ttl_releases_the_pins(tmp_path: Path) -> None:
     put(store, "A", "a0", "a1", "a2", "a3")
     hints.announce_fanout("A", 5, ttl_s=8.0)
     store.run_due()
-    assert store.stats().tiers[0].pinned_blocks == 4
+    assert store_stats(store).tiers[0].pinned_blocks == 4
     run_until(store, 7.9)
-    assert store.stats().tiers[0].pinned_blocks == 4
+    assert store_stats(store).tiers[0].pinned_blocks == 4
     run_until(store, 8.0)
-    assert store.stats().tiers[0].pinned_blocks == 0
+    assert store_stats(store).tiers[0].pinned_blocks == 0
 
 
 def test_what_is_learned_feeds_replies_and_survives_a_restart(tmp_path: Path) -> None:
@@ -289,7 +290,7 @@ def test_what_is_learned_feeds_replies_and_survives_a_restart(tmp_path: Path) ->
         run_until(store, store.clock.now() + seconds)
         hints.end_tool_call(plan.call_id)
     assert hints.begin_tool_call("A", "build").expected_s == pytest.approx(14.0, rel=0.1)  # the median
-    store.close(flush=False)
+    store.close()
     restarted = ReturnTimes(tmp_path / "returns.json")
     assert restarted.median_s(AwayKind.TOOL_UNANNOUNCED, "build") == pytest.approx(14.0, rel=0.1)
     assert ReturnTimes().median_s(AwayKind.TOOL_UNANNOUNCED, "build") == pytest.approx(10.0)  # the prior
@@ -321,7 +322,7 @@ def test_bad_hints_get_clear_errors_and_change_nothing(tmp_path: Path) -> None:
     plan = hints.begin_tool_call("A", "pytest", expected_s=30.0)
     before = (
         store.plans.pending,
-        store.stats().tiers[0].pinned_blocks,
+        store_stats(store).tiers[0].pinned_blocks,
         dict(store.sessions.hints),
         store.sessions.sessions["A"].state,
         store.sessions.sessions["A"].tool,
@@ -350,7 +351,7 @@ def test_bad_hints_get_clear_errors_and_change_nothing(tmp_path: Path) -> None:
             call()
     after = (
         store.plans.pending,
-        store.stats().tiers[0].pinned_blocks,
+        store_stats(store).tiers[0].pinned_blocks,
         dict(store.sessions.hints),
         store.sessions.sessions["A"].state,
         store.sessions.sessions["A"].tool,

@@ -18,6 +18,7 @@ from kvstore.sdk import AgentSession, AsyncAgentSession, Client
 
 from kvstore.kvctl import main as kvctl
 from kvstore.sessions import AwayKind
+from kvstore.stats import store_stats
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 
@@ -110,13 +111,13 @@ def test_agent_session_sends_ordered_hints(agent_server: ThreadedServer) -> None
         assert lint(1) == 2
         fan = session.fanout(2, ttl_s=60)
         assert session.flush()
-        assert wait_until(lambda: agent_server.store.stats().tiers[0].pinned_blocks == 3)
+        assert wait_until(lambda: store_stats(agent_server.store).tiers[0].pinned_blocks == 3)
         with fan.branch():
             pass
         fan.branch_done()
         session.awaiting_user()
         assert session.flush() and session.healthy
-        assert agent_server.store.stats().tiers[0].pinned_blocks == 0
+        assert store_stats(agent_server.store).tiers[0].pinned_blocks == 0
         assert live.state.value == "awaiting_user"
         assert session.wait_ready(0.5)
     registry = agent_server.store.sessions

@@ -13,6 +13,7 @@ from conftest import BLOCK, ThreadedServer, make_settings
 from kvstore.sdk import Client
 
 from kvstore.kvctl import main
+from kvstore.stats import store_stats
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -36,7 +37,7 @@ def test_stats_blocks_evict_health(server: ThreadedServer, capsys: pytest.Captur
     assert code == 0 and "3 of 6 blocks" in out and "s-42" in out
     code, out, _ = run(capsys, "--address", server.address, "evict", "--tier", "hbm", "--bytes", "8KiB")
     assert code == 0 and "demoted 2 of 2 blocks" in out
-    assert server.store.stats().tiers[1].blocks == 2
+    assert store_stats(server.store).tiers[1].blocks == 2
     code, out, _ = run(
         capsys, "--address", server.address, "--json", "evict", "--namespace", "t", "--drop", keys[0].hex()
     )
@@ -138,7 +139,7 @@ def test_evict_says_dropped_for_blocks_it_dropped(server: ThreadedServer, capsys
         capsys, "--address", server.address, "--json", "evict", "--namespace", "t", keys[2].hex()
     )
     assert json.loads(out) == {"blocks": 1, "bytes": BLOCK, "demoted": 0, "dropped": 1}
-    assert server.store.stats().blocks == 1
+    assert store_stats(server.store).blocks == 1
 
 
 def test_session_close(tmp_path, capsys) -> None:
@@ -153,7 +154,7 @@ def test_session_close(tmp_path, capsys) -> None:
         assert session.flush()
         code, out, _ = run(capsys, "--address", srv.address, "session", "close", "agent-7")
         assert code == 0 and "closed session agent-7" in out
-        assert "agent-7" not in srv.store.sessions.sessions and srv.store.stats().blocks == 2
+        assert "agent-7" not in srv.store.sessions.sessions and store_stats(srv.store).blocks == 2
         code, _, err = run(capsys, "--address", srv.address, "session", "close", "agent-7", "--json")
         assert code == 1 and "NOT_FOUND" in err and "agent-7" in err
     finally:

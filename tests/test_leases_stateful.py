@@ -57,7 +57,7 @@ class LeaseMachine(RuleBasedStateMachine):
         self.reads: dict[int, list[tuple[int, str, int]]] = {}  # lease -> (id, tier, offset)
 
     def teardown(self) -> None:
-        self.store.close(flush=False)
+        self.store.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def bytes_at(self, tier: str, offset: int) -> bytes:

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from kvstore.sdk import AsyncClient, Client
 
 from kvstore.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from kvstore.stats import store_stats
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 
@@ -24,7 +25,7 @@ def blocks(n: int, seed: int = 0) -> list[bytes]:
 
 
 def state(srv: ThreadedServer) -> tuple:
-    s = srv.store.stats()
+    s = store_stats(srv.store)
     return tuple((t.name, t.used, t.blocks, t.pinned_blocks) for t in s.tiers), s.blocks
 
 
@@ -71,7 +72,7 @@ async def test_async_client_matches_sync(server: ThreadedServer) -> None:
         assert await kv.delete("t", keys) == 3
         with pytest.raises(NotFound):
             await kv.namespace("missing")
-    assert server.store.stats().blocks == 0
+    assert store_stats(server.store).blocks == 0
 
 
 @pytest.mark.parametrize("shared_memory", [False, True], ids=["grpc", "shm"])
@@ -94,7 +95,7 @@ def test_blocks_flow_down_to_disk_and_back(server: ThreadedServer, shared_memory
         got = kv.get("t", keys[9:])
         assert all(g is None or g == d for g, d in zip(got, data[9:], strict=True))
         assert sum(g is not None for g in got) >= 32
-    stats = {t.name: t for t in server.store.stats().tiers}
+    stats = {t.name: t for t in store_stats(server.store).tiers}
     assert stats["disk"].hits > 0 and stats["disk"].moves_in > 0 and stats["disk"].drops >= 8
 
 

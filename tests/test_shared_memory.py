@@ -22,6 +22,7 @@ from kvstore.config import ConfigError
 from kvstore.errors import FailedPrecondition
 from kvstore.kvctl import main as kvctl
 from kvstore.server.process import ServerProcess
+from kvstore.stats import store_stats
 from kvstore.tiers import share_host_tiers
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
@@ -44,7 +45,7 @@ def stub(server: ThreadedServer) -> Iterator[pb_grpc.KVStoreStub]:
 
 
 def used(srv: ThreadedServer) -> dict[str, int]:
-    return {t.name: t.used for t in srv.store.stats().tiers}
+    return {t.name: t.used for t in store_stats(srv.store).tiers}
 
 
 def wait_for(condition, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
@@ -160,7 +161,7 @@ def test_uncommitted_blocks_are_invisible_and_their_slots_come_back(
         stub.Commit(pb.LeaseRequest(lease_id=reply.lease_id))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "expired" in err.value.details()
     assert not stub.Release(pb.LeaseRequest(lease_id=reply.lease_id)).valid
-    assert server.store.stats().blocks == 0
+    assert store_stats(server.store).blocks == 0
 
 
 def test_writer_killed_mid_write_leaves_nothing(server: ThreadedServer) -> None:
@@ -211,10 +212,10 @@ def test_expired_read_lease_makes_the_client_read_again(
     with Client(server.address) as kv:
         kv.put("t", [key], [block_of(key, BLOCK)])
         monkeypatch.setattr(core, "read_leased", slow_reader)
-        hits = server.store.stats().tiers[0].hits
+        hits = store_stats(server.store).tiers[0].hits
         assert kv.get("t", [key]) == [block_of(key, BLOCK)]
         # read twice: once under the lease that expired, once again over gRPC
-        assert server.store.stats().tiers[0].hits == hits + 2
+        assert store_stats(server.store).tiers[0].hits == hits + 2
 
 
 def test_concurrent_writers_and_readers_never_see_torn_blocks(server: ThreadedServer) -> None:
@@ -243,7 +244,7 @@ def test_concurrent_writers_and_readers_never_see_torn_blocks(server: ThreadedSe
     assert all(w["puts"] > 10 for w in writes)
     assert sum(r["found"] for r in reads) > 50  # readers did read blocks while writers churned
     assert [r["torn"] for r in reads] == [0, 0]
-    stats = server.store.stats()
+    stats = store_stats(server.store)
     assert sum(t.drops for t in stats.tiers) > 0  # slots were reused under the readers
     assert server.server.leases.stats()["reserved_bytes"] == 0
 

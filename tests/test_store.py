@@ -11,6 +11,8 @@ from kvstore.build import compose
 from kvstore.clock import VirtualClock
 from kvstore.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from kvstore.hashing import Namespace
+from kvstore.persistence import disk_tier, flush, recover
+from kvstore.stats import store_stats
 from kvstore.store import PutBlock, Store
 from kvstore.tiers.disk import DiskTier
 from kvstore.tiers.memory import MemoryTier
@@ -49,7 +51,7 @@ def where(store: Store, *ids: int) -> list[str | None]:
 
 
 def snapshot(store: Store) -> tuple:
-    s = store.stats()
+    s = store_stats(store)
     return tuple((t.name, t.used, t.blocks, t.pinned_blocks) for t in s.tiers), s.blocks
 
 
@@ -69,8 +71,8 @@ def test_lru_demotes_down_the_tiers_in_recency_order(tmp_path: Path) -> None:
     # 12 slots, 17 blocks: the five least recent (1, 2, 3, 0, 4 in that order) fell off the bottom.
     assert where(store, 1, 2, 3, 0, 4) == [None] * 5
     assert where(store, 5, 6, 7, 8) == ["disk"] * 4
-    assert [t.drops for t in store.stats().tiers] == [0, 0, 5]
-    assert store.stats().blocks == 12
+    assert [t.drops for t in store_stats(store).tiers] == [0, 0, 5]
+    assert store_stats(store).blocks == 12
 
 
 def test_get_from_a_lower_tier_promotes_and_returns_identical_bytes(tmp_path: Path) -> None:
@@ -141,7 +143,7 @@ def test_delete_pin_unpin_validate_everything_first(tmp_path: Path) -> None:
     assert store.index.get("t", key(0)).pins == 1
     store.unpin("t", [key(0)])
     assert store.delete("t", [key(0), key(1), key(7)]) == 2
-    assert store.stats().blocks == 0
+    assert store_stats(store).blocks == 0
 
 
 def test_evict_by_tier_and_by_key(tmp_path: Path) -> None:
@@ -162,7 +164,7 @@ def test_corrupt_disk_block_is_dropped_not_served(tmp_path: Path) -> None:
     put(store, *range(12))
     entry = store.index.get("t", key(0))
     assert entry.tier == "disk"
-    path = store.disk_tier().path("t", key(0))
+    path = disk_tier(store).path("t", key(0))
     raw = bytearray(path.read_bytes())
     raw[-10] ^= 0xFF
     path.write_bytes(bytes(raw))
@@ -174,9 +176,10 @@ def test_corrupt_disk_block_is_dropped_not_served(tmp_path: Path) -> None:
 def test_flush_then_recover_brings_every_block_back(tmp_path: Path) -> None:
     store = make_store(tmp_path, disk=16)
     put(store, *range(10))
-    store.close(flush=True)
+    flush(store)
+    store.close()
     fresh = make_store(tmp_path, disk=16)
-    assert fresh.recover() == 10
+    assert recover(fresh) == 10
     assert [r.data for r in fresh.get("t", [key(i) for i in range(10)])] == [data(i) for i in range(10)]
 
 

@@ -202,7 +202,7 @@ class Replay:
     def _tick(self, t: float) -> None:
         now = self.clock.now()
         if t > now:
-            idle = self.top.used - self.store.pinned_bytes(self.top.name)
+            idle = self.top.used - self.store.placement.pinned_bytes[self.top.name]
             self.tally.hbm_idle_byte_s += idle * (t - now)
             self.clock.advance_to(t)
 
@@ -316,7 +316,7 @@ class Replay:
             if entry is not None and entry.pins and entry.tier == self.top.name:
                 held += block_bytes
         need = len(keys) * block_bytes - held
-        return need <= self.top.capacity - self.store.pinned_bytes(self.top.name)
+        return need <= self.top.capacity - self.store.placement.pinned_bytes[self.top.name]
 
     def _start_waiting(self) -> None:
         """Start waiting requests in arrival order while HBM has room for them (no overtaking)."""
@@ -347,7 +347,7 @@ class Replay:
         promotion = store.promote(ns, keys[:stored], session=sim.sid, pin=True)
         stored = promotion.blocks
         for src, nbytes in promotion.moved.items():
-            stall += nbytes / store.link_bandwidth(src, top)
+            stall += nbytes / store.links.bandwidth(src, top)
         parents = [keys[stored - 1] if stored else None, *keys[stored:-1]][: len(keys) - stored]
         placed = store.put(
             [

@@ -13,6 +13,7 @@ from kvstore.server.convert import namespace_info
 from kvstore.server.errors import grpc_errors
 from kvstore.sessions import Session
 from kvstore.shm.leases import Leases
+from kvstore.stats import list_blocks, store_stats
 from kvstore.store import Store
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
@@ -28,7 +29,7 @@ class AdminService(pb_grpc.AdminServicer):
 
     @grpc_errors
     async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:
-        s = await asyncio.to_thread(self.store.stats)
+        s = await asyncio.to_thread(store_stats, self.store)
         return pb.StatsResponse(
             tiers=[
                 pb.TierStats(
@@ -64,7 +65,7 @@ class AdminService(pb_grpc.AdminServicer):
         if limit > MAX_LIST:
             raise InvalidArgument(f"limit is {limit}; at most {MAX_LIST} blocks per call")
         entries, total = await asyncio.to_thread(
-            self.store.list_blocks, request.namespace, request.tier, limit
+            list_blocks, self.store, request.namespace, request.tier, limit
         )
         now = self.store.clock.now()
         return pb.ListBlocksResponse(

@@ -23,6 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from kvstore import persistence
 from kvstore.build import build_store
 from kvstore.config import Settings
 from kvstore.server.admin_service import AdminService
@@ -151,7 +152,10 @@ class KVStoreServer:
             self._stop_metrics()
         if self._hint_worker is not None:
             await asyncio.to_thread(self._hint_worker.close)
-        await asyncio.to_thread(self.store.close, self.settings.flush_on_shutdown)
+        if self.settings.flush_on_shutdown:
+            flushed = await asyncio.to_thread(persistence.flush, self.store)
+            log.info("flushed %d blocks to disk", flushed)
+        await asyncio.to_thread(self.store.close)
         if self.settings.unix_socket is not None:
             self.settings.unix_socket.unlink(missing_ok=True)
 

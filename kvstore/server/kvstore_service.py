@@ -14,6 +14,7 @@ from kvstore.server.convert import namespace_info
 from kvstore.server.errors import grpc_errors
 from kvstore.shm.leases import BlockHeader, Leases
 from kvstore.store import PutBlock, Store
+from kvstore.tiers.base import as_buffer
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 
@@ -32,7 +33,9 @@ class KVStoreService(pb_grpc.KVStoreServicer):
             block = PutBlock(
                 req.namespace, req.key, req.data, req.parent or None, req.meta, req.session or None, req.pin
             )
-            self.store.validate_put(block, len(blocks))  # fail fast, before the stream ends
+            self.store.check.block(
+                block.namespace, block.key, block.parent, block.meta, len(as_buffer(block.data)), len(blocks)
+            )  # fail fast, before the stream ends
             blocks.append(block)
         tiers = await asyncio.to_thread(self.store.put, blocks)
         return pb.PutResponse(
@@ -66,7 +69,7 @@ class KVStoreService(pb_grpc.KVStoreServicer):
         def lookup() -> tuple[list[bytes], PrefixMatch]:
             keys = list(request.keys)
             if request.tokens:  # hashing a long prompt is work too: off the loop
-                keys = self.store.namespace(request.namespace).chain_keys(request.tokens)
+                keys = self.store.check.namespace(request.namespace).chain_keys(request.tokens)
             return keys, self.store.lookup(request.namespace, keys, request.session or None)
 
         keys, match = await asyncio.to_thread(lookup)
@@ -98,7 +101,7 @@ class KVStoreService(pb_grpc.KVStoreServicer):
     async def DescribeNamespace(
         self, request: pb.DescribeNamespaceRequest, context: grpc.aio.ServicerContext
     ) -> pb.NamespaceInfo:
-        return namespace_info(self.store.namespace(request.namespace))
+        return namespace_info(self.store.check.namespace(request.namespace))
 
     # ------------------------------------------------------------------ shared-memory data plane
 

@@ -9,7 +9,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from kvstore.shm.leases import Leases
-from kvstore.store import Store, StoreStats
+from kvstore.stats import StoreStats, store_stats
+from kvstore.store import Store
 
 
 class StoreCollector(Collector):
@@ -18,7 +19,7 @@ class StoreCollector(Collector):
         self.leases = leases
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        stats = self.store.stats()  # takes the store's lock itself
+        stats = store_stats(self.store)  # takes the store's lock itself
         leases = self.leases.stats() if self.leases is not None else None
         with self.store.lock:  # session tables and link counts change under other threads
             return iter(list(self._collect(stats, leases)))

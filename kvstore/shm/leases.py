@@ -126,9 +126,8 @@ class Leases:
     ) -> tuple[Lease, list[Slot]]:
         self._check_batch(len(blocks))
         for i, b in enumerate(blocks):
-            self.store.validate_header(namespace, b.key, b.parent, b.meta, i)
-            self.store.validate_size(namespace, b.size, i)
-        size = self.store.namespace(namespace).block_bytes
+            self.store.check.block(namespace, b.key, b.parent, b.meta, b.size, i)
+        size = self.store.check.namespace(namespace).block_bytes
         self.expire()
         lease = Lease(0, 0.0, True, namespace, session, pin)
         slots, seen = [], set()
@@ -169,7 +168,7 @@ class Leases:
     ) -> tuple[Lease, list[LeasedBlock | None]]:
         self._check_batch(len(keys))
         self.expire()
-        reads = self.store.read(namespace, keys, session, stop_at_miss, hold=self._shared_names)
+        reads = self.store.get(namespace, keys, session, stop_at_miss, hold=self._shared_names)
         lease = Lease(0, 0.0, False, namespace, session, False)
         lease.reads = [r.held for r in reads if r is not None and r.held is not None]
         out: list[LeasedBlock | None] = []

@@ -1,0 +1,78 @@
+"""What operators read: per-tier counters and a listing of blocks (Admin Stats and ListBlocks,
+`kvctl`, /metrics). Each takes the store's lock once and returns copies."""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from dataclasses import dataclass
+
+from kvstore.errors import InvalidArgument
+from kvstore.index import BlockEntry
+from kvstore.store import Store
+
+
+@dataclass(slots=True)
+class TierStats:
+    name: str
+    device: str
+    used: int
+    capacity: int
+    blocks: int
+    pinned_blocks: int
+    hits: int
+    moves_in: int
+    moves_out: int
+    drops: int
+
+
+@dataclass(slots=True)
+class StoreStats:
+    tiers: list[TierStats]
+    blocks: int
+    misses: int
+    lookups: int
+    lookup_hit_blocks: int
+    policy: str
+
+
+def store_stats(store: Store) -> StoreStats:
+    p = store.placement
+    with store.lock:
+        tiers = [
+            TierStats(
+                t.name,
+                t.device,
+                t.used,
+                t.capacity,
+                p.tier_blocks[t.name],
+                p.pinned_blocks[t.name],
+                c.hits,
+                c.moves_in,
+                c.moves_out,
+                c.drops,
+            )
+            for t in store.tiers
+            for c in [p.counters[t.name]]
+        ]
+        return StoreStats(
+            tiers, len(store.index), store.misses, store.lookups, store.lookup_hit_blocks, store.policy.name
+        )
+
+
+def list_blocks(
+    store: Store, namespace: str = "", tier: str = "", limit: int = 100
+) -> tuple[list[BlockEntry], int]:
+    """Up to `limit` blocks (most recently used first) and how many matched in all."""
+    if namespace:
+        store.check.namespace(namespace)
+    if tier and tier not in store.tier_by_name:
+        raise InvalidArgument(
+            f"tier {tier!r} is not one of this store's tiers: {', '.join(store.tier_by_name)}"
+        )
+    if limit < 1:
+        raise InvalidArgument("limit must be >= 1")
+    with store.lock:
+        matched = [e for e in store.index.entries(namespace or None) if not tier or e.tier == tier]
+        newest = heapq.nlargest(limit, matched, key=lambda e: e.last_use)
+        return [dataclasses.replace(e) for e in newest], len(matched)
