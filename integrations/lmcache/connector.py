@@ -320,6 +320,11 @@ class KVStoreConnector(RemoteConnector):
         return True
 
     async def batched_get(self, keys: list[CacheEngineKey]) -> list[MemoryObj | None]:
+        if self.leases is not None:
+            # A zero-copy get is one Acquire RPC and no bulk copy: run it on LMCache's loop rather
+            # than hop to an executor thread and back (each hop waits on the GIL on a busy host).
+            # Bounded by timeout_s like every call, which is what a dead kvstore costs the loop.
+            return self._get_many(list(keys))
         return await self.loop.run_in_executor(None, self._get_many, list(keys))
 
     def support_batched_put(self) -> bool:
