@@ -102,7 +102,7 @@ def _proxy_parser(sub: argparse._SubParsersAction) -> None:
         action="append",
         metavar="KEY",
         help="key of kv_transfer_params that names the session for the engine's connector (default "
-        "session_id; lmcache.tag.session_id for LMCache's); repeat for several",
+        "session_id; lmcache.kvstore.session_id for LMCache's); repeat for several",
     )
     p.add_argument(
         "--no-kv-transfer-params",

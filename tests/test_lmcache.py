@@ -20,6 +20,7 @@ lmcache = pytest.importorskip(
 
 from lmcache.utils import CacheEngineKey  # noqa: E402
 from lmcache.v1.config import LMCacheEngineConfig  # noqa: E402
+from lmcache.v1.exceptions import IrrecoverableException  # noqa: E402
 from lmcache.v1.metadata import LMCacheMetadata  # noqa: E402
 from lmcache.v1.storage_backend.local_cpu_backend import LocalCPUBackend  # noqa: E402
 from lmcache.v1.storage_backend.remote_backend import RemoteBackend  # noqa: E402
@@ -86,9 +87,21 @@ def key(chunk_hash: int, session: str | None = None) -> CacheEngineKey:
         0,
         chunk_hash,
         torch.bfloat16,
-        request_configs={"lmcache.tag.session_id": session} if session else None,
+        # vLLM hands LMCache the request's `lmcache.*` kv_transfer_params as its request configs
+        request_configs={"lmcache.kvstore.session_id": session} if session else None,
     )
     return k
+
+
+def stats(address: str) -> pb.StatsResponse:
+    with grpc.insecure_channel(address) as channel:
+        return pb_grpc.AdminStub(channel).Stats(pb.StatsRequest())
+
+
+def sessions(address: str) -> list[tuple[str, int]]:
+    with grpc.insecure_channel(address) as channel:
+        found = pb_grpc.AdminStub(channel).ListSessions(pb.ListSessionsRequest()).sessions
+    return sorted((s.session, s.blocks) for s in found)
 
 
 @pytest.fixture
@@ -105,6 +118,12 @@ def kvstore_server(tmp_path: Path) -> Iterator[ServerProcess]:
                         "model": "test-model",
                         "block_tokens": CHUNK,
                         "block_bytes": CHUNK_BYTES,
+                    },
+                    {
+                        "name": "padded",
+                        "model": "test-model",
+                        "block_tokens": CHUNK,
+                        "block_bytes": 4 * CHUNK_BYTES,
                     },
                     {"name": "small", "model": "test-model", "block_tokens": 16, "block_bytes": 4096},
                 ],
@@ -144,6 +163,7 @@ def _round_trip(side: LMCacheSide) -> None:
         assert got is not None
         assert bytes(got.byte_array) == raw
         assert got.get_shapes() == shapes and got.get_dtypes() == dtypes
+        got.ref_count_down()
 
 
 def test_exists_answers_match_what_is_stored(side: LMCacheSide, kvstore_server: ServerProcess) -> None:
@@ -156,14 +176,67 @@ def test_exists_answers_match_what_is_stored(side: LMCacheSide, kvstore_server: 
     assert stats.blocks == 1 and stats.tiers[0].used_bytes >= CHUNK_BYTES
 
 
-def test_a_session_tag_attaches_the_chunks_to_a_kvstore_session(
+def test_a_session_request_config_attaches_the_chunks_to_a_kvstore_session(
     side: LMCacheSide, kvstore_server: ServerProcess
 ) -> None:
     obj, _ = side.chunk(seed=3)
     side.put(key(33, session="agent-1"), obj)
-    with grpc.insecure_channel(kvstore_server.address) as channel:
-        sessions = pb_grpc.AdminStub(channel).ListSessions(pb.ListSessionsRequest()).sessions
-    assert [(s.session, s.blocks) for s in sessions] == [("agent-1", 1)]
+    assert sessions(kvstore_server.address) == [("agent-1", 1)]
+
+
+def test_two_sessions_share_one_stored_copy_of_a_chunk(
+    side: LMCacheSide, kvstore_server: ServerProcess
+) -> None:
+    """A shared system prompt: the same chunk under two sessions is one LMCache key, one kvstore
+    block, found by both, and referenced by both sessions (so hints about either move it)."""
+    a, b = key(44, session="agent-a"), key(44, session="agent-b")
+    assert a == b and a.to_string() == b.to_string()  # the session is not part of LMCache's key
+    obj, raw = side.chunk(seed=4)
+    side.put(a, obj)
+    other, _ = side.chunk(seed=4)
+    side.put(b, other)  # LMCache stores it again when asked to: kvstore counts it, keeps one copy
+    assert stats(kvstore_server.address).blocks == 1
+    for k in (a, b):
+        assert side.backend.contains(k)
+        got = side.backend.get_blocking(k)
+        assert got is not None and bytes(got.byte_array) == raw
+        got.ref_count_down()
+    assert sessions(kvstore_server.address) == [("agent-a", 1), ("agent-b", 1)]
+
+
+def test_a_legacy_session_tag_still_attaches_but_warns_that_it_splits_the_cache(
+    side: LMCacheSide, kvstore_server: ServerProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    tagged = CacheEngineKey(
+        "test-model", 1, 0, 55, torch.bfloat16, request_configs={"lmcache.tag.session_id": "agent-t"}
+    )
+    obj, _ = side.chunk(seed=5)
+    side.put(tagged, obj)
+    assert sessions(kvstore_server.address) == [("agent-t", 1)]
+    assert "lmcache.kvstore.session_id instead" in caplog.text
+
+
+def test_gets_are_views_of_kvstore_slots_released_once_lmcache_frees_them(
+    side: LMCacheSide, kvstore_server: ServerProcess
+) -> None:
+    """No copy out of shared memory: LMCache's chunk is the slot, under one read lease per batch,
+    given back once LMCache has freed every chunk of the batch."""
+    plugin = side.backend.connection._connector
+    keys, raws = [key(60 + i) for i in range(3)], []
+    for i, k in enumerate(keys):
+        obj, raw = side.chunk(seed=60 + i)
+        side.put(k, obj)
+        raws.append(raw)
+    got = side.backend.batched_get_blocking(keys)
+    assert [bytes(g.byte_array) for g in got] == raws
+    assert all(g.parent() is plugin.leases for g in got)
+    assert plugin.leases.held() == 3 and stats(kvstore_server.address).leases.read_leases == 1
+    got[0].ref_count_down()
+    got[1].ref_count_down()
+    assert stats(kvstore_server.address).leases.read_leases == 1  # one chunk still held
+    got[2].ref_count_down()
+    assert plugin.leases.wait_idle() and plugin.leases.held() == 0
+    assert stats(kvstore_server.address).leases.read_leases == 0
 
 
 def test_a_stopped_kvstore_makes_lmcache_miss_not_fail(
@@ -190,5 +263,35 @@ def test_a_namespace_with_blocks_smaller_than_a_chunk_is_refused_clearly(
         side.put(key(5), obj)
         assert not side.backend.contains(key(5))
         assert f"set block_bytes: {CHUNK_BYTES}" in caplog.text
+    finally:
+        side.close()
+
+
+def test_a_missing_namespace_stops_lmcache_at_start_with_the_config_to_add(
+    kvstore_server: ServerProcess,
+) -> None:
+    """The default kvstore config has no namespace for LMCache: every put would be refused and
+    every get miss. LMCache's RemoteBackend lets an IrrecoverableException through, so it fails to
+    start and says what to add."""
+    with pytest.raises(IrrecoverableException) as failed:
+        LMCacheSide(kvstore_server.address, namespace="nope")
+    assert "no namespace 'nope'" in str(failed.value)
+    assert f"block_bytes: {CHUNK_BYTES}" in str(failed.value)
+
+
+def test_a_namespace_with_blocks_bigger_than_a_chunk_is_warned_about_and_still_works(
+    kvstore_server: ServerProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    side = LMCacheSide(kvstore_server.address, namespace="padded")
+    try:
+        assert (
+            f"every chunk is padded (4.0x the memory) and copied on get; set block_bytes: {CHUNK_BYTES}"
+            in (caplog.text)
+        )
+        obj, raw = side.chunk(seed=9)
+        side.put(key(9), obj)
+        got = side.backend.get_blocking(key(9))
+        assert got is not None and bytes(got.byte_array) == raw
+        got.ref_count_down()
     finally:
         side.close()

@@ -1,19 +1,28 @@
 """LMCache remote-storage plugin: LMCache stores and loads its KV chunks through a running kvstore.
 
-Why this interface: LMCache 0.5.6 offers a `RemoteConnector` plugin for the in-process engine that
-vLLM users run today (`remote_storage_plugins`), and an L2 adapter for its newer multi-process
-server. The in-process engine is what most deployments use, so this is the one we ship first.
+Why this interface: LMCache 0.5.6's in-process engine (what vLLM's `LMCacheConnectorV1` runs) loads
+`RemoteConnector` plugins (`remote_storage_plugins`). Its multi-process server (what vLLM's
+`LMCacheMPConnector` talks to) loads L2 adapters instead; see README "LMCache" for why that one is
+not covered.
 
 - Keys: each chunk key (`CacheEngineKey.to_string()`: model, world, worker, chunk hash, dtype,
-  tags) becomes an opaque 32-byte kvstore key; a batched put sends the chunks of a request as a
-  chain, each with its parent.
+  `lmcache.tag.*` tags) becomes an opaque 32-byte kvstore key; a batched put sends the chunks of a
+  request as a chain, each with its parent.
+- Sessions: LMCache hands every request config whose name starts with `lmcache.` (from the vLLM
+  request's `kv_transfer_params`) to the storage backends inside each chunk key, but only the
+  `lmcache.tag.*` ones enter the key's identity. The session is read from a non-tag config
+  (`lmcache.kvstore.session_id` by default), so one chunk stored under two sessions is one entry,
+  referenced by both; a `lmcache.tag.session_id` tag would split the cache per session (still read,
+  with a warning, for configs written for the old plugin).
 - Bytes: kvstore stores blocks of exactly the namespace's `block_bytes`. A full chunk is that size;
-  a partial last chunk is padded. LMCache's own metadata (length, shapes, dtypes, format) travels as
-  the block's meta, so a chunk comes back byte-identical with the same shape and dtype.
-- Sessions: a request tagged `lmcache.tag.session_id` (configurable) is attached to that kvstore
-  session, so agent hints (tool calls, waits) move the KV that LMCache stored.
-- Failure: if kvstore is down or slow, every call is bounded by a timeout and turns into a miss (or
-  a dropped put) with a log line; LMCache keeps serving.
+  a partial last chunk (or a namespace with bigger blocks, warned about at start) is padded.
+  LMCache's own metadata (length, shapes, dtypes, format) travels as the block's meta.
+- Data path next to the server: a batched put is one Reserve, one copy per chunk into its slot, one
+  Commit; a batched get is one Acquire and hands LMCache its chunks as views of kvstore's slots (no
+  copy; see slots.py), the lease released once LMCache freed them.
+- Failure: a namespace that does not exist stops LMCache at start with the config to add. If kvstore
+  is down or slow, every call is bounded by a timeout and turns into a miss (or a dropped put) with a
+  log line; LMCache keeps serving.
 
 Config (LMCache `extra_config`, plugin name `kvstore`):
     remote_storage_plugins: ["kvstore"]
@@ -23,27 +32,40 @@ Config (LMCache `extra_config`, plugin name `kvstore`):
       remote_storage_plugin.kvstore.address: 127.0.0.1:50551
       remote_storage_plugin.kvstore.namespace: lmcache
       remote_storage_plugin.kvstore.timeout_s: 1.0
-      remote_storage_plugin.kvstore.session_tag: session_id
+      remote_storage_plugin.kvstore.session_config: lmcache.kvstore.session_id
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
+from itertools import groupby
 from typing import Any
 
 import numpy as np
+from kvstore.integrations.lmcache.slots import SlotLeases
 from kvstore.sdk import Client
 from kvstore.sdk.core import DEFAULT_ADDRESS
 from lmcache.utils import CacheEngineKey
+from lmcache.v1.exceptions import IrrecoverableException
 from lmcache.v1.memory_management import MemoryObj
 from lmcache.v1.protocol import RemoteMetadata
 from lmcache.v1.storage_backend.connector.base_connector import RemoteConnector
 
-from kvstore.errors import KVStoreError
+from kvstore.errors import KVStoreError, NotFound
 from kvstore.hashing import opaque_key
 
 log = logging.getLogger("kvstore.integrations.lmcache")
+
+# The request config that names the agent session: an `lmcache.` name (LMCache forwards only those
+# from kv_transfer_params) that is not an `lmcache.tag.` one (those split the chunk key).
+SESSION_CONFIG = "lmcache.kvstore.session_id"
+LEGACY_SESSION_TAG = "session_id"
+
+
+def _on(value: Any) -> bool:
+    return str(value).lower() not in ("false", "0", "no", "off")
 
 
 class KVStoreConnector(RemoteConnector):
@@ -64,14 +86,42 @@ class KVStoreConnector(RemoteConnector):
         self.local_cpu_backend = local_cpu_backend
         self.address = str(setting("address", DEFAULT_ADDRESS))
         self.namespace = str(setting("namespace", "lmcache"))
-        self.session_tag = str(setting("session_tag", "session_id"))
-        shared = str(setting("shared_memory", "true")).lower() not in ("false", "0", "no", "off")
-        self.client = Client(self.address, timeout=float(setting("timeout_s", 1.0)), shared_memory=shared)
+        self.session_config = str(setting("session_config", SESSION_CONFIG))
+        self.session_tag = str(setting("session_tag", LEGACY_SESSION_TAG))
+        self.client = Client(
+            self.address,
+            timeout=float(setting("timeout_s", 1.0)),
+            shared_memory=_on(setting("shared_memory", "true")),
+        )
+        # Slot views only when LMCache frees what a get returns soon: with its own CPU cache on
+        # (`local_cpu`), it keeps remote chunks indefinitely, longer than a read lease lives.
+        keeps_gets = bool(getattr(local_cpu_backend, "use_hot", False))
+        zero_copy = _on(setting("zero_copy", "true")) and not keeps_gets
+        self.leases = SlotLeases(self.client) if zero_copy else None
         self._block_bytes: int | None = None
-        # (shapes, dtypes, format) of a full chunk, once one was seen: gets then read straight into
-        # LMCache buffers allocated up front, with no copy in between.
-        self._full_layout: tuple[Any, Any, Any] | None = None
+        self._warned_tag = False
         self._healthy = True
+        self._check_namespace()
+
+    # ------------------------------------------------------------------ start
+
+    def _check_namespace(self) -> None:
+        """Fail LMCache's start on a namespace that does not exist (every put would be refused and
+        every get miss, silently); a kvstore that is not up yet is checked again on first use."""
+        try:
+            self._block_size()
+        except NotFound as exc:
+            self.client.close()
+            if self.leases is not None:
+                self.leases.close()
+            raise IrrecoverableException(
+                f"kvstore at {self.address} has no namespace {self.namespace!r} ({exc}). Add it to the "
+                f"kvstore config: namespaces: [{{name: {self.namespace}, model: <model>, block_tokens: "
+                f"<LMCache chunk_size>, block_bytes: {self.full_chunk_size_bytes}}}], or set "
+                f"remote_storage_plugin.kvstore.namespace to one that exists"
+            ) from exc
+        except KVStoreError as exc:
+            self._failed("namespace check", exc)
 
     # ------------------------------------------------------------------ helpers
 
@@ -79,7 +129,25 @@ class KVStoreConnector(RemoteConnector):
         return opaque_key(key.to_string())
 
     def _session(self, key: CacheEngineKey) -> str | None:
-        return dict(key.tags or ()).get(self.session_tag)
+        session = (key.request_configs or {}).get(self.session_config)
+        if session is not None:
+            return str(session)
+        tagged = dict(key.tags or ()).get(self.session_tag)
+        if tagged is not None and not self._warned_tag:
+            self._warned_tag = True
+            log.warning(
+                "a request carries the LMCache tag lmcache.tag.%s: tags are part of LMCache's chunk key, so "
+                "each session stores its own copy of shared prefixes. Send the session as %s instead",
+                self.session_tag,
+                self.session_config,
+            )
+        return None if tagged is None else str(tagged)
+
+    def _by_session(self, keys: list[CacheEngineKey]) -> Iterator[tuple[str | None, list[int]]]:
+        """Positions of `keys` in runs of one session (one run per batch in practice: LMCache
+        batches the chunks of one request)."""
+        for session, run in groupby(range(len(keys)), key=lambda i: self._session(keys[i])):
+            yield session, list(run)
 
     def _failed(self, what: str, exc: Exception) -> None:
         if self._healthy:
@@ -100,11 +168,21 @@ class KVStoreConnector(RemoteConnector):
         """The namespace's block size, checked against LMCache's chunk size once."""
         if self._block_bytes is None:
             info = self.client.namespace(self.namespace)
-            if info.block_bytes < self.full_chunk_size_bytes:
+            chunk = self.full_chunk_size_bytes
+            if info.block_bytes < chunk:
                 raise KVStoreError(
                     f"kvstore namespace {self.namespace!r} stores {info.block_bytes}-byte blocks but LMCache "
-                    f"chunks are {self.full_chunk_size_bytes} bytes; set block_bytes: "
-                    f"{self.full_chunk_size_bytes} for it in the kvstore config"
+                    f"chunks are {chunk} bytes; set block_bytes: {chunk} for it in the kvstore config"
+                )
+            if info.block_bytes > chunk:
+                log.warning(
+                    "kvstore namespace %r stores %d-byte blocks but LMCache chunks are %d bytes: every chunk "
+                    "is padded (%.1fx the memory) and copied on get; set block_bytes: %d for it",
+                    self.namespace,
+                    info.block_bytes,
+                    chunk,
+                    info.block_bytes / chunk,
+                    chunk,
                 )
             self._block_bytes = info.block_bytes
         return self._block_bytes
@@ -115,17 +193,12 @@ class KVStoreConnector(RemoteConnector):
             len(buffer), memory_obj.get_shapes(), memory_obj.get_dtypes(), memory_obj.get_memory_format()
         ).serialize()
         pad = self._block_size() - len(buffer)
-        if len(buffer) == self.full_chunk_size_bytes:
-            self._full_layout = (
-                memory_obj.get_shapes(),
-                memory_obj.get_dtypes(),
-                memory_obj.get_memory_format(),
-            )
         # A full chunk goes as a view of LMCache's buffer: one copy, straight into the slot.
         data = bytes(buffer) + bytes(pad) if pad else np.frombuffer(buffer, dtype=np.uint8)
         return data, bytes(meta)
 
-    def _decode(self, data: bytes, meta: bytes) -> MemoryObj | None:
+    def _decode(self, data: Any, meta: bytes) -> MemoryObj | None:
+        """A chunk copied into a fresh LMCache buffer (gRPC, a partial chunk, padded blocks)."""
         md = RemoteMetadata.deserialize(bytearray(meta))
         memory_obj = self.local_cpu_backend.allocate(md.shapes, md.dtypes, md.fmt)
         if memory_obj is None:
@@ -134,8 +207,6 @@ class KVStoreConnector(RemoteConnector):
         # byte_array is a '<B' memoryview, which refuses slice assignment from bytes: copy via numpy
         dst = np.frombuffer(memory_obj.byte_array, dtype=np.uint8)
         dst[: md.length] = np.frombuffer(data, dtype=np.uint8, count=md.length)
-        if md.length == self.full_chunk_size_bytes:
-            self._full_layout = (md.shapes, md.dtypes, md.fmt)
         return self.reshape_partial_chunk(memory_obj, md.length)
 
     # ------------------------------------------------------------------ sync bodies
@@ -157,62 +228,78 @@ class KVStoreConnector(RemoteConnector):
         return True
 
     def _get_many(self, keys: list[CacheEngineKey]) -> list[MemoryObj | None]:
-        if not keys:
-            return []
-        buffers = self._full_chunk_buffers(len(keys))
+        out: list[MemoryObj | None] = [None] * len(keys)
         try:
-            stored = self.client.fetch(
-                self.namespace,
-                [self._key(k) for k in keys],
-                session=self._session(keys[0]),
-                into=[np.frombuffer(b.byte_array, dtype=np.uint8) for b in buffers] if buffers else None,
-            )
+            for session, run in self._by_session(keys):
+                got = self._get_run([self._key(keys[i]) for i in run], session)
+                for i, obj in zip(run, got, strict=True):
+                    out[i] = obj
         except (KVStoreError, ValueError) as exc:
             self._failed("get", exc)
-            for b in buffers or ():
-                b.ref_count_down()
+            for obj in out:
+                if obj is not None:
+                    obj.ref_count_down()
             return [None] * len(keys)
         self._ok()
-        if buffers is None:
-            return [self._decode(b.data, b.meta) if b is not None else None for b in stored]
-        out: list[MemoryObj | None] = []
-        for block, buffer in zip(stored, buffers, strict=True):
-            if block is not None and self._is_full_chunk(block.meta):
-                out.append(buffer)
-                continue
-            # A miss, or a partial chunk: give the buffer back (a partial chunk is copied out first).
-            out.append(self._decode(bytes(buffer.byte_array), block.meta) if block is not None else None)
-            buffer.ref_count_down()
         return out
 
-    def _full_chunk_buffers(self, n: int) -> list[MemoryObj] | None:
-        """LMCache buffers to read n full chunks into, when blocks are exactly chunk-sized."""
-        if self._full_layout is None or self._block_size() != self.full_chunk_size_bytes:
-            return None
-        shapes, dtypes, fmt = self._full_layout
-        buffers = self.local_cpu_backend.batched_allocate(shapes, dtypes, n, fmt)
-        if buffers is None or any(len(b.byte_array) != self.full_chunk_size_bytes for b in buffers):
-            for b in buffers or ():
-                b.ref_count_down()
-            return None
-        return buffers
+    def _get_run(self, keys: list[bytes], session: str | None) -> list[MemoryObj | None]:
+        if self.leases is not None and self._block_size() == self.full_chunk_size_bytes:
+            segments = self.leases.segments()
+            if segments is not None:
+                reply = self.leases.acquire(segments, self.namespace, keys, session)
+                if reply is not None:
+                    return self._from_lease(segments, reply, len(keys))
+        stored = self.client.fetch(self.namespace, keys, session=session)
+        return [self._decode(b.data, b.meta) if b is not None else None for b in stored]
 
-    def _is_full_chunk(self, meta: bytes) -> bool:
-        md = RemoteMetadata.deserialize(bytearray(meta))
-        return md.length == self.full_chunk_size_bytes and self._full_layout == (md.shapes, md.dtypes, md.fmt)
+    def _from_lease(self, segments: Any, reply: Any, n: int) -> list[MemoryObj | None]:
+        """Full chunks in shared memory become slot views (released with the lease once LMCache
+        freed them all); the rest (partial chunks, inline bytes from disk) are copied now."""
+        assert self.leases is not None
+        out: list[MemoryObj | None] = [None] * n
+        viewed: list[int] = []
+        views: list[memoryview] = []
+        layout: tuple[Any, Any, Any] | None = None  # of the viewed chunks: one per batch
+        try:
+            for i, b in enumerate(reply.blocks):
+                if not b.found:
+                    continue
+                md = RemoteMetadata.deserialize(bytearray(b.meta))
+                src = memoryview(b.data) if b.inline else segments.view(b.segment, b.offset, b.size)
+                if b.inline or md.length != self.full_chunk_size_bytes:
+                    out[i] = self._decode(src, b.meta)
+                    continue
+                if layout is not None and (md.shapes, md.dtypes, md.fmt) != layout:
+                    out[i] = self._decode(src, b.meta)
+                    continue
+                layout = (md.shapes, md.dtypes, md.fmt)
+                viewed.append(i)
+                views.append(src)
+        except BaseException:
+            self.leases.release(reply.lease_id)
+            raise
+        if layout is None:
+            self.leases.release(reply.lease_id)
+            return out
+        shapes, dtypes, fmt = layout
+        for i, obj in zip(viewed, self.leases.wrap(reply.lease_id, views, shapes, dtypes, fmt), strict=True):
+            out[i] = obj
+        return out
 
     def _put_many(self, keys: list[CacheEngineKey], memory_objs: list[MemoryObj]) -> None:
         if not keys:
             return
         try:
-            encoded = [self._encode(m) for m in memory_objs]
-            self.client.put(
-                self.namespace,
-                [self._key(k) for k in keys],
-                [d for d, _ in encoded],
-                metas=[m for _, m in encoded],
-                session=self._session(keys[0]),
-            )
+            for session, run in self._by_session(keys):
+                encoded = [self._encode(memory_objs[i]) for i in run]
+                self.client.put(
+                    self.namespace,
+                    [self._key(keys[i]) for i in run],
+                    [d for d, _ in encoded],
+                    metas=[m for _, m in encoded],
+                    session=session,
+                )
         except (KVStoreError, ValueError) as exc:
             self._failed("put", exc)
             return
@@ -233,6 +320,11 @@ class KVStoreConnector(RemoteConnector):
         return True
 
     async def batched_get(self, keys: list[CacheEngineKey]) -> list[MemoryObj | None]:
+        if self.leases is not None:
+            # A zero-copy get is one Acquire RPC and no bulk copy: run it on LMCache's loop rather
+            # than hop to an executor thread and back (each hop waits on the GIL on a busy host).
+            # Bounded by timeout_s like every call, which is what a dead kvstore costs the loop.
+            return self._get_many(list(keys))
         return await self.loop.run_in_executor(None, self._get_many, list(keys))
 
     def support_batched_put(self) -> bool:
@@ -246,4 +338,6 @@ class KVStoreConnector(RemoteConnector):
         return []
 
     async def close(self) -> None:
+        if self.leases is not None:
+            self.leases.close()
         self.client.close()

@@ -45,6 +45,17 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-mib", type=int, default=64, help="bytes moved per call, in MiB (default 64)")
     p.add_argument("--total-mib", type=int, default=512, help="bytes timed per path and size (default 512)")
     p.add_argument("--no-lmcache", action="store_true", help="skip LMCache's paths")
+    p.add_argument(
+        "--compare-plugin",
+        action="append",
+        default=[],
+        metavar="MODULE:CLASS",
+        help="also time this LMCache remote-storage plugin class (e.g. an older copy of ours) beside "
+        "LMCache's CPU backend and the shipped plugin, in the same run; repeatable",
+    )
+    p.add_argument(
+        "--repeat", type=int, default=1, help="LMCache backend rounds, each in one run (default 1)"
+    )
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to this JSON file")
     p.set_defaults(run=run)
 
@@ -204,12 +215,19 @@ class LMCacheCPU:
                 lambda i: self.store([_lmcache_key(i * n + j + 10**6) for j in range(n)], src), calls, warmup
             )
             last = [_lmcache_key((calls - 1) * n + j + 10**6) for j in range(n)]
+            self.verify(last)
             get_t = timed(lambda i: self.retrieve(last, dst), calls)
         finally:
             self.close()
         if not all(np.array_equal(d, s) for d, s in zip(dst, src, strict=True)):
             raise RuntimeError("LMCache returned other bytes")
         return put_t, get_t
+
+    def verify(self, keys: list[Any]) -> None:
+        """Every chunk of the last stored batch is where the retrieve will look."""
+        backend = self.manager.storage_backends[self.location or "LocalCPUBackend"]
+        if not all(backend.contains(k) for k in keys):
+            raise RuntimeError("LMCache's backend does not hold a chunk it finished storing")
 
     def close(self) -> None:
         self.manager.close()
@@ -218,16 +236,23 @@ class LMCacheCPU:
 class LMCacheRemote(LMCacheCPU):
     """The same StorageManager storing through kvstore (our plugin) instead of its local CPU."""
 
-    def __init__(self, address: str, cpu_bytes: int, shared_memory: bool) -> None:
+    def __init__(
+        self,
+        address: str,
+        cpu_bytes: int,
+        shared_memory: bool,
+        plugin_class: str = "kvstore.integrations.lmcache.connector:KVStoreConnector",
+    ) -> None:
         plugin = "remote_storage_plugin.kvstore."
+        module_path, class_name = plugin_class.split(":")
         super().__init__(
             1,
             cpu_bytes,
             local_cpu=False,
             remote_storage_plugins=["kvstore"],
             extra_config={
-                plugin + "module_path": "kvstore.integrations.lmcache.connector",
-                plugin + "class_name": "KVStoreConnector",
+                plugin + "module_path": module_path,
+                plugin + "class_name": class_name,
                 plugin + "address": address,
                 plugin + "namespace": "lmcache",
                 plugin + "timeout_s": 60.0,
@@ -238,18 +263,20 @@ class LMCacheRemote(LMCacheCPU):
 
     def store(self, keys: list[Any], src: list[np.ndarray]) -> list[Any]:
         objs = super().store(keys, src)
-        remote = next(
-            b for b in self.manager.storage_backends.values() if type(b).__name__ == "RemoteBackend"
-        )
-        # LMCache puts in the background: a store counts until kvstore holds the batch's last chunk
-        # (the plugin puts a batch in one call, in order).
-        while not remote.contains(keys[-1]):
-            time.sleep(0.002)
+        # LMCache puts in the background, holding one reference to each buffer until the plugin's
+        # put returned (kvstore committed the chunks): a store counts until the last is dropped.
+        # Polled locally, so the wait adds no RPC (nothing else allocates from this manager).
+        while any(o.get_ref_count() > 0 for o in objs):
+            time.sleep(0.0002)
+        self.stored = keys
         return objs
 
 
-def bench_lmcache_backends(address: str, chunks: int, calls: int, dram_bytes: int) -> list[dict[str, Any]]:
-    """LMCache store/retrieve of 1 MiB chunks: local CPU backend vs kvstore as its backend."""
+def bench_lmcache_backends(
+    address: str, chunks: int, calls: int, dram_bytes: int, compare: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """LMCache store/retrieve of 1 MiB chunks: local CPU backend vs kvstore as its backend (and
+    any `compare` plugin classes, MODULE:CLASS), each ratio to the CPU backend of the same run."""
     rng = np.random.default_rng(1)
     src = [rng.integers(0, 256, MiB, dtype=np.uint8) for _ in range(chunks)]
     dst = [np.empty(MiB, dtype=np.uint8) for _ in range(chunks)]
@@ -257,17 +284,28 @@ def bench_lmcache_backends(address: str, chunks: int, calls: int, dram_bytes: in
     # by cycling through the DRAM tier once before timing.
     warmup = dram_bytes // (chunks * MiB) + 1
     cpu_bytes = chunks * MiB * (calls + warmup + 1)
-    rows = []
-    for name, make in (
+    makers: list[tuple[str, Callable[[], LMCacheCPU]]] = [
         ("LocalCPUBackend", lambda: LMCacheCPU(1, cpu_bytes)),
         ("kvstore (shared memory)", lambda: LMCacheRemote(address, cpu_bytes, True)),
         ("kvstore (gRPC)", lambda: LMCacheRemote(address, cpu_bytes, False)),
-    ):
+    ]
+    for plugin_class in compare or ():
+        makers.append(
+            (
+                f"{plugin_class} (shared memory)",
+                lambda p=plugin_class: LMCacheRemote(address, cpu_bytes, True, p),
+            )
+        )
+    rows: list[dict[str, Any]] = []
+    for name, make in makers:
         put_t, get_t = make().times(src, dst, calls, warmup)
         moved = chunks * MiB * calls
         rows.append(
             {"lmcache_backend": name, "store_gbps": gbps(moved, put_t), "retrieve_gbps": gbps(moved, get_t)}
         )
+    for row in rows:  # against LMCache's own CPU backend, timed in the same run
+        row["store_vs_cpu"] = row["store_gbps"] / rows[0]["store_gbps"]
+        row["retrieve_vs_cpu"] = row["retrieve_gbps"] / rows[0]["retrieve_gbps"]
     return rows
 
 
@@ -295,9 +333,11 @@ def run(args: argparse.Namespace) -> int:
     ):
         rows = [bench_size(server.address, s, batch, args.total_mib * MiB, lmcache, dram) for s in sizes]
         print_table("put/get GB/s per path, same bytes, same run (lmcache: its LocalCPUBackend)", rows)
-        backends = bench_lmcache_backends(server.address, 64, 8, dram) if lmcache else []
-        if backends:
-            print_table("LMCache store/retrieve of 1 MiB chunks, 64 per call", backends)
+        backends: list[dict[str, Any]] = []
+        for round_ in range(args.repeat if lmcache else 0):
+            done = bench_lmcache_backends(server.address, 64, 8, dram, args.compare_plugin)
+            print_table(f"LMCache store/retrieve of 1 MiB chunks, 64 per call (round {round_ + 1})", done)
+            backends += [{"round": round_ + 1, **row} for row in done]
     if args.json:
         write_json(args.json, {"sizes": rows, "lmcache_backends": backends, "batch_mib": args.batch_mib})
         print(f"wrote {args.json}")

@@ -2,8 +2,9 @@
 name kvstore's engine connectors read), which vLLM hands to its KV connector, so the KV the engine
 stores and loads for the request is tagged with the agent's session.
 
-LMCache's connector reads only `lmcache.*` keys there: `lmcache.tag.session_id` becomes the
-chunks' `session_id` tag (`kvstore proxy --session-key lmcache.tag.session_id`).
+LMCache keeps only `lmcache.*` keys there, as request configs its storage plugin sees; kvstore's
+LMCache plugin reads `lmcache.kvstore.session_id` (`kvstore proxy --session-key
+lmcache.kvstore.session_id`). Not an `lmcache.tag.*` key: tags are part of LMCache's chunk key.
 """
 
 from __future__ import annotations
