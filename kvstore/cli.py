@@ -38,14 +38,32 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["text", "json"], help="json: one JSON object per line")
+    p.add_argument(
+        "--tracing",
+        action="store_true",
+        default=None,
+        help="export OpenTelemetry spans of RPCs (OTLP/gRPC; endpoint from tracing.otlp_endpoint or OTEL_*)",
+    )
     p.set_defaults(run=_run_serve)
 
 
 def _nested(args: argparse.Namespace) -> dict:
     flags = {
         k: getattr(args, k)
-        for k in ("host", "port", "unix_socket", "data_dir", "policy", "metrics_port", "log_level")
+        for k in (
+            "host",
+            "port",
+            "unix_socket",
+            "data_dir",
+            "policy",
+            "metrics_port",
+            "log_level",
+            "log_format",
+        )
     }
+    if args.tracing:
+        flags["tracing"] = {"enabled": True}
     for tier in ("hbm", "dram", "disk"):
         capacity = getattr(args, f"{tier}_capacity")
         if capacity is not None:
@@ -65,10 +83,10 @@ def _run_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"kvstore: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     from kvstore.server.app import serve
+    from kvstore.server.telemetry import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
 
     try:
         asyncio.run(serve(settings))

@@ -100,6 +100,15 @@ class NamespaceConfig(BaseModel):
         )
 
 
+class TracingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="export an OpenTelemetry span per RPC")
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/gRPC collector, e.g. http://127.0.0.1:4317 (default: OTEL_* env)"
+    )
+
+
 def _default_namespaces() -> list[NamespaceConfig]:
     # Llama-3-8B in bf16 is 128 KiB per token; 16-token blocks are vLLM's default block size.
     return [
@@ -120,6 +129,8 @@ class Settings(BaseSettings):
     max_message_bytes: ByteSize = ByteSize(256 * 2**20)
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics here")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per line")
+    tracing: TracingConfig = TracingConfig()
     hbm: HbmConfig = HbmConfig()
     dram: DramConfig = DramConfig()
     disk: DiskConfig = DiskConfig()

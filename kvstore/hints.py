@@ -9,6 +9,7 @@ is a thin adapter over this class, run off the event loop, and the replay calls 
 
 from __future__ import annotations
 
+import logging
 import math
 import uuid
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from kvstore.errors import FailedPrecondition, InvalidArgument, NotFound
 from kvstore.sessions import Fanout, Session, ToolCall
 from kvstore.sessions.returns import AwayKind
 from kvstore.store import Store
+
+log = logging.getLogger(__name__)
 
 MAX_DURATION_S = 7 * 86400.0
 MAX_FANOUT = 100_000
@@ -54,9 +57,23 @@ class Hints:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.registry = store.sessions
+        self._warned = False
 
     def _plan_locked(self, session: Session, event: str) -> None:
         self.registry.count_hint(event)
+        if not self.store.policy.uses_hints and not self._warned:
+            self._warned = True  # once: a misconfiguration, not something to log per hint
+            log.warning(
+                "agent hints are arriving but policy %r ignores them; serve with --policy agent "
+                "to move KV by them",
+                self.store.policy.name,
+            )
+        log.debug(
+            "session %s: %s",
+            session.id,
+            event,
+            extra={"session": session.id, "event": event, "state": session.state.value},
+        )
         self.store.actions.queue(self.store.policy.on_session(session, event))
 
     def session(self, session_id: str) -> Session:

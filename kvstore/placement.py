@@ -19,6 +19,7 @@ Methods named `*_locked` expect the caller to hold the lock; the others take it 
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from kvstore.mover import Copier, Links
 from kvstore.policy.base import Policy
 from kvstore.sessions import Session, SessionRegistry
 from kvstore.tiers.base import CorruptBlock, Tier
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -292,6 +295,14 @@ class Placement:
             self.pinned_blocks[entry.tier] += 1
         self.counters[from_tier].moves_out += 1
         self.counters[entry.tier].moves_in += 1
+        if log.isEnabledFor(logging.DEBUG):  # per block: build the record only when it is kept
+            log.debug(
+                "moved block %s from %s to %s",
+                entry.key.hex()[:16],
+                from_tier,
+                entry.tier,
+                extra={"key": entry.key.hex(), "src": from_tier, "dst": entry.tier, "bytes": entry.size},
+            )
         wasted = self.sessions.on_move(entry, from_tier)  # sessions first: the policy reads their bytes
         self.policy.on_move(entry, from_tier)
         self._count_wasted(entry, wasted)

@@ -16,6 +16,7 @@ and shutdown in `persistence`, operators' views in `stats`.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from kvstore.sessions import Session
 from kvstore.sessions.actions import SessionActions
 from kvstore.tiers.base import as_buffer
 from kvstore.validation import Checks
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -400,7 +403,15 @@ class Store:
             with self.lock:
                 entries = self.policy.victims(tier, nbytes) or list(e for e, _ in self.policy.order(tier))
         left = [e for e in entries if self.placement.evict(e, drop)]
-        return len(left), sum(e.size for e in left)
+        nbytes = sum(e.size for e in left)
+        log.info(
+            "%s %d blocks (%d bytes) on request",
+            "dropped" if drop else "evicted",
+            len(left),
+            nbytes,
+            extra={"blocks": len(left), "bytes": nbytes, "tier": tier, "drop": drop},
+        )
+        return len(left), nbytes
 
     # ------------------------------------------------------------------ plans, shutdown
 

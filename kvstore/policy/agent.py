@@ -120,6 +120,7 @@ class AgentConfig(BaseModel):
 
 class AgentPolicy(LRUPolicy):
     name = "agent"
+    uses_hints = True
 
     def __init__(
         self, view: PolicyView, config: AgentConfig | None = None, engine_owns_top: bool = False

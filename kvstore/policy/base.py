@@ -39,6 +39,7 @@ class PolicyView(Protocol):
 
 class Policy(ABC):
     name: str
+    uses_hints = False  # whether agent hints change what this policy does
 
     def __init__(self, view: PolicyView) -> None:
         self.view = view

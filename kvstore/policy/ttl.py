@@ -34,6 +34,7 @@ class TTLConfig(BaseModel):
 
 class TTLPolicy(LRUPolicy):
     name = "ttl"
+    uses_hints = True  # a tool call starts the TTL
 
     def __init__(self, view: PolicyView, config: TTLConfig | None = None) -> None:
         super().__init__(view)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from kvstore import persistence
 from kvstore.build import build_store
@@ -31,6 +32,7 @@ from kvstore.server.hint_worker import HintWorker
 from kvstore.server.hints_service import AgentHintsService
 from kvstore.server.kvstore_service import KVStoreService
 from kvstore.server.metrics import serve_metrics
+from kvstore.server.telemetry import RpcMetrics, TimingInterceptor, tracing_interceptor
 from kvstore.shm.leases import Leases
 from kvstore.store import Store
 from kvstore.v1 import kvstore_pb2 as pb
@@ -60,6 +62,8 @@ class KVStoreServer:
         self._stop = threading.Event()
         self._saver: asyncio.Task[None] | None = None
         self._stop_metrics: Callable[[], None] | None = None
+        self.registry = CollectorRegistry()  # this server's metrics (tests run several per process)
+        self.rpc_metrics = RpcMetrics(self.registry, settings.policy)
 
     @property
     def address(self) -> str:
@@ -67,7 +71,10 @@ class KVStoreServer:
 
     async def start(self) -> None:
         s = self.settings
-        server = grpc.aio.server(options=grpc_options(s))
+        interceptors: list[grpc.aio.ServerInterceptor] = [TimingInterceptor(self.rpc_metrics)]
+        if s.tracing.enabled:
+            interceptors.append(tracing_interceptor("kvstore", s.tracing.otlp_endpoint))
+        server = grpc.aio.server(options=grpc_options(s), interceptors=interceptors)
         pb_grpc.add_KVStoreServicer_to_server(KVStoreService(self.store, self.leases), server)
         pb_grpc.add_AdminServicer_to_server(AdminService(self.store, self.leases), server)
         self._hint_worker = HintWorker(asyncio.get_running_loop())
@@ -87,7 +94,7 @@ class KVStoreServer:
         for name in ["", *SERVICE_NAMES]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.metrics_port is not None:
-            self._stop_metrics = serve_metrics(self.store, s.host, s.metrics_port, self.leases)
+            self._stop_metrics = serve_metrics(self.registry, self.store, s.host, s.metrics_port, self.leases)
         self._mover.start()
         self._saver = asyncio.create_task(self._save_learned())
         for tier in self.store.tiers:

@@ -106,9 +106,11 @@ class StoreCollector(Collector):
             yield leases
 
 
-def serve_metrics(store: Store, host: str, port: int, leases: Leases | None = None) -> Callable[[], None]:
-    """Serve /metrics in a background thread; returns the function that stops it."""
-    registry = CollectorRegistry()
+def serve_metrics(
+    registry: CollectorRegistry, store: Store, host: str, port: int, leases: Leases | None = None
+) -> Callable[[], None]:
+    """Serve /metrics (the store's counters, and whatever else is in `registry`: RPC latencies,
+    build info) in a background thread; returns the function that stops it."""
     registry.register(StoreCollector(store, leases))
     httpd, thread = start_http_server(port, addr=host, registry=registry)
 

@@ -44,6 +44,12 @@ class SessionActions:
 
     def execute(self, plan: Plan) -> None:
         placement = self.placement
+        log.debug(
+            "plan %s for %s",
+            plan.kind.value,
+            plan.session or "the store",
+            extra={"plan": plan.kind.value, "session": plan.session, "level": plan.level},
+        )
         if plan.kind is PlanKind.CHECK:
             with placement.lock:
                 more = placement.policy.on_check(plan)
