@@ -3,7 +3,7 @@
 from kvstore.sdk.agent import AgentSession, AsyncAgentSession, Fanout, current_session, tool
 from kvstore.sdk.async_client import AsyncClient
 from kvstore.sdk.client import Client
-from kvstore.sdk.core import DEFAULT_ADDRESS, LookupResult, NamespaceInfo, StoredBlock
+from kvstore.sdk.core import DEFAULT_ADDRESS, LookupResult, NamespaceInfo, PlanEvent, StoredBlock
 from kvstore.sdk.pool import SessionPool
 from kvstore.sdk.sender import HintSender
 
@@ -30,6 +30,7 @@ __all__ = [
     "LookupResult",
     "NamespaceInfo",
     "NotFound",
+    "PlanEvent",
     "ResourceExhausted",
     "SessionPool",
     "StoredBlock",

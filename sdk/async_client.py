@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
 from kvstore.sdk import core
 from kvstore.sdk.base import ClientBase, Op, Rpc
-from kvstore.sdk.core import LookupResult, NamespaceInfo, StoredBlock
+from kvstore.sdk.core import LookupResult, NamespaceInfo, PlanEvent, StoredBlock
 
 T = TypeVar("T")
 
@@ -114,3 +114,17 @@ class AsyncClient(ClientBase):
 
     async def unpin(self, namespace: str, keys: Sequence[bytes]) -> int:
         return await self._run(self._pin("Unpin", namespace, keys))
+
+    async def watch_plans(
+        self, namespace: str = "", *, kinds: Sequence[str] = ("warm",), for_s: float | None = None
+    ) -> AsyncIterator[PlanEvent]:
+        """Plans as the server executes them (see `Client.watch_plans`)."""
+        call = self._kv.WatchPlans(core.watch_request(namespace, kinds), timeout=for_s)
+        try:
+            async for reply in call:
+                yield core.plan_event(reply)
+        except grpc.RpcError as exc:
+            if not core.stream_ended(exc, for_s):
+                raise core.translate(exc) from None
+        finally:
+            call.cancel()

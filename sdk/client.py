@@ -3,13 +3,13 @@ operations of `ClientBase`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
 from kvstore.sdk import core
 from kvstore.sdk.base import ClientBase, Op, Rpc
-from kvstore.sdk.core import LookupResult, NamespaceInfo, StoredBlock
+from kvstore.sdk.core import LookupResult, NamespaceInfo, PlanEvent, StoredBlock
 
 T = TypeVar("T")
 
@@ -124,3 +124,19 @@ class Client(ClientBase):
 
     def unpin(self, namespace: str, keys: Sequence[bytes]) -> int:
         return self._run(self._pin("Unpin", namespace, keys))
+
+    def watch_plans(
+        self, namespace: str = "", *, kinds: Sequence[str] = ("warm",), for_s: float | None = None
+    ) -> Iterator[PlanEvent]:
+        """Plans as the server executes them (a warm: a session is due back, send its warm request).
+        Ends quietly after `for_s` seconds (None: runs until closed, or until this client is
+        closed from another thread); a broken stream raises `KVStoreError` (watch again)."""
+        call = self._kv.WatchPlans(core.watch_request(namespace, kinds), timeout=for_s)
+        try:
+            for reply in call:
+                yield core.plan_event(reply)
+        except grpc.RpcError as exc:
+            if not core.stream_ended(exc, for_s):
+                raise core.translate(exc) from None
+        finally:
+            call.cancel()

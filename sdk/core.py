@@ -257,6 +257,46 @@ def lookup_result(reply: pb.LookupResponse, keys: Sequence[bytes] | None) -> Loo
     )
 
 
+@dataclass(frozen=True)
+class PlanEvent:
+    """A plan the server executed (`WatchPlans`). "warm": `session` is expected back in `due_in_s`
+    (from `received`, a time.monotonic() of this process), so its KV should be in the engine by then."""
+
+    kind: str
+    session: str
+    namespace: str
+    due_in_s: float
+    bytes: int
+    dropped_before: int  # events lost just before this one (this subscriber read too slowly)
+    received: float
+
+    @property
+    def due_at(self) -> float:
+        """time.monotonic() at which the session is expected back."""
+        return self.received + self.due_in_s
+
+
+def watch_request(namespace: str, kinds: Sequence[str]) -> pb.WatchPlansRequest:
+    return pb.WatchPlansRequest(namespace=namespace, kinds=list(kinds))
+
+
+def plan_event(reply: pb.PlanEvent) -> PlanEvent:
+    return PlanEvent(
+        reply.kind,
+        reply.session,
+        reply.namespace,
+        reply.due_in_s,
+        reply.bytes,
+        reply.dropped_before,
+        time.monotonic(),
+    )
+
+
+def stream_ended(exc: grpc.RpcError, for_s: float | None) -> bool:
+    """A plan stream that ran its `for_s` ended as asked; anything else is an error."""
+    return for_s is not None and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 def namespace_result(reply: pb.NamespaceInfo) -> NamespaceInfo:
     return NamespaceInfo(
         reply.name, reply.model, reply.tenant, reply.block_tokens, reply.block_bytes, reply.hash, reply.seed

@@ -4,12 +4,14 @@ the loop never waits on the store's lock or on a copy."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import grpc
 
 from kvstore.errors import InvalidArgument
 from kvstore.index import PrefixMatch
+from kvstore.plan_feed import KINDS, Subscription
 from kvstore.server.convert import namespace_info
 from kvstore.server.errors import grpc_errors
 from kvstore.shm.leases import BlockHeader, Leases
@@ -175,3 +177,41 @@ class KVStoreService(pb_grpc.KVStoreServicer):
         self, request: pb.LeaseRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReleaseResponse:
         return pb.ReleaseResponse(valid=await asyncio.to_thread(self.leases.release, request.lease_id))
+
+    # ------------------------------------------------------------------ plans for the engine side
+
+    @grpc_errors
+    async def WatchPlans(
+        self, request: pb.WatchPlansRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.PlanEvent]:
+        unknown = sorted(set(request.kinds) - set(KINDS))
+        if unknown:
+            raise InvalidArgument(f"unknown plan kinds {unknown}; known: {', '.join(KINDS)}")
+        if request.namespace:
+            self.store.namespace(request.namespace)  # NOT_FOUND for a namespace the server lacks
+        # The feed publishes on the mover's thread: it only sets this loop's event, never waits.
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        subscription = Subscription(
+            request.namespace, request.kinds, lambda: loop.call_soon_threadsafe(ready.set)
+        )
+        feed = self.store.plan_feed
+        feed.subscribe(subscription)
+        try:
+            while True:
+                await ready.wait()
+                ready.clear()
+                events, dropped = subscription.drain()
+                now = time.monotonic()
+                for event in events:
+                    yield pb.PlanEvent(
+                        kind=event.kind,
+                        session=event.session,
+                        namespace=event.namespace,
+                        due_in_s=event.due_in_s_at(now),
+                        bytes=event.bytes,
+                        dropped_before=dropped,
+                    )
+                    dropped = 0
+        finally:  # the client cancelled, or the server stops
+            feed.unsubscribe(subscription)

@@ -291,6 +291,30 @@ class ReleaseResponse(_message.Message):
     valid: bool
     def __init__(self, valid: bool = ...) -> None: ...
 
+class WatchPlansRequest(_message.Message):
+    __slots__ = ("namespace", "kinds")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    kinds: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, namespace: _Optional[str] = ..., kinds: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PlanEvent(_message.Message):
+    __slots__ = ("kind", "session", "namespace", "due_in_s", "bytes", "dropped_before")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    DUE_IN_S_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    session: str
+    namespace: str
+    due_in_s: float
+    bytes: int
+    dropped_before: int
+    def __init__(self, kind: _Optional[str] = ..., session: _Optional[str] = ..., namespace: _Optional[str] = ..., due_in_s: _Optional[float] = ..., bytes: _Optional[int] = ..., dropped_before: _Optional[int] = ...) -> None: ...
+
 class OpenSessionRequest(_message.Message):
     __slots__ = ("session", "namespace")
     SESSION_FIELD_NUMBER: _ClassVar[int]

@@ -96,6 +96,11 @@ class KVStoreStub(object):
                 request_serializer=kvstore_dot_v1_dot_kvstore__pb2.LeaseRequest.SerializeToString,
                 response_deserializer=kvstore_dot_v1_dot_kvstore__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
+        self.WatchPlans = channel.unary_stream(
+                '/kvstore.v1.KVStore/WatchPlans',
+                request_serializer=kvstore_dot_v1_dot_kvstore__pb2.WatchPlansRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kvstore__pb2.PlanEvent.FromString,
+                _registered_method=True)
 
 
 class KVStoreServicer(object):
@@ -187,6 +192,16 @@ class KVStoreServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchPlans(self, request, context):
+        """Plans as the server executes them, for the engine side (a server stream that runs until the
+        client cancels it). "warm": the policy expects a session back soon, and only a request through
+        the engine puts its KV in the engine's own cache (DESIGN §1), so a helper sends the session's
+        warm request. A subscriber that reads too slowly loses its oldest events, never the server's time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +264,11 @@ def add_KVStoreServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=kvstore_dot_v1_dot_kvstore__pb2.LeaseRequest.FromString,
                     response_serializer=kvstore_dot_v1_dot_kvstore__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'WatchPlans': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchPlans,
+                    request_deserializer=kvstore_dot_v1_dot_kvstore__pb2.WatchPlansRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kvstore__pb2.PlanEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -577,6 +597,33 @@ class KVStore(object):
             '/kvstore.v1.KVStore/Release',
             kvstore_dot_v1_dot_kvstore__pb2.LeaseRequest.SerializeToString,
             kvstore_dot_v1_dot_kvstore__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchPlans(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kvstore.v1.KVStore/WatchPlans',
+            kvstore_dot_v1_dot_kvstore__pb2.WatchPlansRequest.SerializeToString,
+            kvstore_dot_v1_dot_kvstore__pb2.PlanEvent.FromString,
             options,
             channel_credentials,
             insecure,
