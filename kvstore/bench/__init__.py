@@ -1,4 +1,4 @@
-"""Benchmarks: `kvstore bench replay | index | grpc | hints | dataplane | proxy`.
+"""Benchmarks: `kvstore bench replay | index | grpc | hints | dataplane | proxy | stall`.
 
 They print figures for notes; none of them is a timed test."""
 
@@ -8,7 +8,15 @@ import argparse
 
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
-    from kvstore.bench import dataplane_bench, grpc_bench, hints_bench, index_bench, proxy_bench, replay_cli
+    from kvstore.bench import (
+        dataplane_bench,
+        grpc_bench,
+        hints_bench,
+        index_bench,
+        proxy_bench,
+        replay_cli,
+        stall_bench,
+    )
 
     bench = sub.add_parser("bench", help="run a benchmark", description="Benchmarks that print figures.")
     kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
@@ -18,3 +26,4 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     hints_bench.add_parser(kinds)
     dataplane_bench.add_parser(kinds)
     proxy_bench.add_parser(kinds)
+    stall_bench.add_parser(kinds)
