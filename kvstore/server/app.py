@@ -5,9 +5,7 @@ Threads: the asyncio loop serves gRPC and never takes the store's lock — data-
 calls run in worker threads (`asyncio.to_thread`), hints on one thread of their own (so one
 client's hints apply in order). The mover thread sleeps until a plan or a lease is due, then
 runs it. A background task saves what was learned of return times. Shared segments are
-pre-faulted at start by one niced thread, so the first write into a page never faults under a
-move and the faulting never takes a core from request handling; it logs `prefaulted N MiB of
-shared memory in S s` when done (benchmarks wait for that line: `ServerProcess.wait_prefaulted`).
+pre-faulted by a thread at start, so the first write into a page never faults under a move.
 
 `KVStoreServer` is what `kvstore serve` runs and what tests start on a free loopback port.
 """
