@@ -8,7 +8,10 @@ from pathlib import Path
 
 from kvstore.bench import add_bench_parser
 from kvstore.bench.stall_bench import main
+from kvstore.index import BlockEntry
+from kvstore.tiers.disk import DiskTier
 
+BLOCK = 4096
 MOVE_FIELDS = {"kind", "bytes", "seconds", "lookup_p99_ms", "lookup_max_ms", "hint_p99_ms"}
 
 
@@ -39,3 +42,25 @@ def test_stall_bench_moves_every_way_and_probes_during_each_move(tmp_path: Path)
         assert move["met"]["lookup_during"], f"no Lookup completed during {move['kind']}"
     assert result["config"]["probe_errors"] == {"lookup": 0, "hint": 0}
     assert result["config"]["prefaulted_mib"] is not None  # the server said it prefaulted
+
+
+def test_a_file_freed_by_a_move_goes_off_the_lock_and_never_takes_a_newer_copy_with_it(
+    tmp_path: Path,
+) -> None:
+    """What the stall bench's disk -> HBM moves rely on: the mover frees a block's file without
+    holding the store's lock for the unlink (a reaper thread does it), and a key that lands on disk
+    again before the reaper comes keeps its new file."""
+    tier = DiskTier(tmp_path, 4 * BLOCK)
+    entry = BlockEntry(namespace="t", key=b"k" * 32, parent=None, size=BLOCK, tier="disk")
+    path = tier.path("t", entry.key)
+    assert tier.allocate(entry)
+    tier.write(entry, b"1" * BLOCK)
+    tier.free_later(entry)  # the block moved up: its file goes, later
+    assert tier.used == 0
+    assert tier.allocate(entry)  # ...and it comes straight back down
+    tier.write(entry, b"2" * BLOCK)
+    tier.close()  # the reaper has done all it was given
+    assert tier.read_bytes(entry) == b"2" * BLOCK
+    tier.free_later(entry)
+    tier.close()
+    assert not path.exists()

@@ -62,7 +62,7 @@ def prefault(segments: list[SharedSegment]) -> None:
     for segment in segments:
         try:
             done += segment.prefault()
-        except (OSError, ValueError, BufferError) as exc:  # closed under us (a fast shutdown)
+        except (OSError, ValueError, TypeError, BufferError) as exc:  # closed under us (a fast shutdown)
             log.debug("prefault of %s stopped: %s", segment.name, exc)
     log.info("prefaulted %d MiB of shared memory in %.2f s", done >> 20, time.perf_counter() - started)
 

@@ -65,6 +65,9 @@ class DiskTier(ByteBudgetTier):
         super().free(entry)
         path = self.path(entry.namespace, entry.key)
         with self._reap:
+            if self._closed:  # the reaper is gone: nothing is waiting on the lock at shutdown
+                path.unlink(missing_ok=True)
+                return
             self._doomed.add(path)
             if self._reaper is None:
                 self._reaper = threading.Thread(
