@@ -123,11 +123,15 @@ def shm_buffer(nbytes: int) -> Iterator[torch.Tensor]:
         seg.unlink()
 
 
-def raw_copy_s(nbytes: int, block: int) -> float:
-    """Seconds to copy `nbytes` block by block between two shared-memory buffers, median of
-    RAW_REPEATS. A single-threaded numpy copy: on a busy host it is the fastest plain copy (torch's
-    copy_ splits a block over its intra-op threads, which then wait on each other and on the
-    probers for a core), so it is the ceiling a move is held to."""
+Window = tuple[float, float]  # perf_counter at start and end
+
+
+def raw_copy(nbytes: int, block: int) -> list[Window]:
+    """Copy `nbytes` block by block between two shared-memory buffers, RAW_REPEATS times; returns
+    when each copy ran (its time is the raw rate; the probes meanwhile are the control). A
+    single-threaded numpy copy: on a busy host it is the fastest plain copy (torch's copy_ splits a
+    block over its intra-op threads, which then wait on each other and on the probers for a core),
+    so it is the ceiling a move is held to."""
     with shm_buffer(nbytes) as src_t, shm_buffer(nbytes) as dst_t:
         src, dst = src_t.numpy(), dst_t.numpy()
         runs = []
@@ -135,15 +139,15 @@ def raw_copy_s(nbytes: int, block: int) -> float:
             t0 = time.perf_counter()
             for start in range(0, nbytes, block):
                 dst[start : start + block] = src[start : start + block]
-            runs.append(time.perf_counter() - t0)
+            runs.append((t0, time.perf_counter()))
         del src, dst
-    return statistics.median(runs)
+    return runs
 
 
-def raw_disk_s(directory: Path, nbytes: int, block: int) -> tuple[float, float]:
-    """Seconds to write `nbytes` in blocks to one file in `directory` and fsync it, and to read
-    them back into a memory buffer (medians of RAW_REPEATS). The read finds what the write left in
-    the page cache, as a move up from disk finds what the move down wrote."""
+def raw_disk(directory: Path, nbytes: int, block: int) -> tuple[list[Window], list[Window]]:
+    """Write `nbytes` in blocks to one file in `directory` and fsync it, then read them back into a
+    memory buffer, RAW_REPEATS times; returns when each write and each read ran. The read finds
+    what the write left in the page cache, as a move up from disk finds what the move down wrote."""
     payload = np.random.default_rng(1).integers(0, 255, block, dtype=np.uint8).tobytes()
     path = directory / f"raw-{uuid.uuid4().hex}.bin"
     writes, reads = [], []
@@ -157,17 +161,17 @@ def raw_disk_s(directory: Path, nbytes: int, block: int) -> tuple[float, float]:
                         f.write(payload)
                     f.flush()
                     os.fsync(f.fileno())
-                writes.append(time.perf_counter() - t0)
+                writes.append((t0, time.perf_counter()))
                 t0 = time.perf_counter()
                 with open(path, "rb", buffering=0) as f:
                     for start in range(0, nbytes, block):
                         f.readinto(view[start : start + block])
-                reads.append(time.perf_counter() - t0)
+                reads.append((t0, time.perf_counter()))
                 path.unlink()
             view.release()
     finally:
         path.unlink(missing_ok=True)
-    return statistics.median(writes), statistics.median(reads)
+    return writes, reads
 
 
 # ---------------------------------------------------------------------- the run
@@ -328,8 +332,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 time.sleep(args.idle_s)
                 idle_window = (t0, time.perf_counter())
-                copy_s = raw_copy_s(bench.nbytes, block)
-                write_s, read_s = raw_disk_s(data_dir, bench.nbytes, block)
+                copies = raw_copy(bench.nbytes, block)
+                writes, reads = raw_disk(data_dir, bench.nbytes, block)
                 moves = [m for _ in range(args.rounds) for m in bench.moves(args.settle_s)]
             finally:
                 for p in probers:
@@ -340,7 +344,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         **latency_figures("lookup", lookups.during(*idle_window)),
         **latency_figures("hint", hints.during(*idle_window)),
     }
-    raw = {"copy": copy_s, "write+fsync": write_s, "read": read_s}
+    windows = {"copy": copies, "write+fsync": writes, "read": reads}
+    raw = {k: statistics.median(t1 - t0 for t0, t1 in w) for k, w in windows.items()}
+    # The control: the probes while the bench itself moved the same bytes with plain code. What
+    # they suffer then is what any copy costs them on this machine, not the store's move path.
+    control = {
+        k: {
+            **latency_figures("lookup", [x for t0, t1 in w for x in lookups.during(t0, t1)]),
+            **latency_figures("hint", [x for t0, t1 in w for x in hints.during(t0, t1)]),
+        }
+        for k, w in windows.items()
+    }
     kinds: dict[str, list[Move]] = {}
     for m in moves:
         kinds.setdefault(m.kind, []).append(m)
@@ -360,6 +374,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "idle": idle,
         "raw_gbps": {k: bench.nbytes / s / 1e9 for k, s in raw.items()},
+        "control": control,
         "moves": rows,
         "targets_met": all(r["targets_met"] for r in rows),
     }
@@ -467,9 +482,29 @@ def print_report(result: dict[str, Any]) -> None:
     )
 
 
+def print_control(result: dict[str, Any]) -> None:
+    print_table(
+        "Control: probes while the bench copies the same bytes with plain code (raw baselines)",
+        [
+            {
+                "raw": kind,
+                "GB/s": result["raw_gbps"][kind],
+                "lookups": c["lookups"],
+                "lookup p99 ms": c["lookup_p99_ms"],
+                "lookup max ms": c["lookup_max_ms"],
+                "hints": c["hints"],
+                "hint p99 ms": c["hint_p99_ms"],
+                "hint max ms": c["hint_max_ms"],
+            }
+            for kind, c in result["control"].items()
+        ],
+    )
+
+
 def main(args: argparse.Namespace) -> int:
     result = run(args)
     print_report(result)
+    print_control(result)
     write_json(args.json, result)
     return 0
 
