@@ -284,8 +284,9 @@ class Placement:
     # ------------------------------------------------------------------ internals
 
     def _switch_locked(self, entry: BlockEntry, src: Tier, staged: BlockEntry) -> None:
-        """The bytes are in `staged`'s slot: the block now lives there, and its source is freed."""
-        src.free(entry)
+        """The bytes are in `staged`'s slot: the block now lives there, and its source is freed
+        (a source file is unlinked off the lock: up to milliseconds when the journal is busy)."""
+        src.free_later(entry)
         from_tier = entry.tier
         self._leave_tier(entry)
         entry.tier, entry.location = staged.tier, staged.location

@@ -1,4 +1,4 @@
-"""Benchmarks: `kvstore bench replay | index | grpc | hints | dataplane | proxy | vllm`.
+"""Benchmarks: `kvstore bench replay | index | grpc | hints | dataplane | proxy | stall | vllm`.
 
 They print figures for notes; none of them is a timed test."""
 
@@ -15,6 +15,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
         index_bench,
         proxy_bench,
         replay_cli,
+        stall_bench,
         vllm_bench,
     )
 
@@ -26,4 +27,5 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     hints_bench.add_parser(kinds)
     dataplane_bench.add_parser(kinds)
     proxy_bench.add_parser(kinds)
+    stall_bench.add_parser(kinds)
     vllm_bench.add_parser(kinds)

@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 
 import grpc
@@ -34,6 +36,7 @@ from kvstore.server.kvstore_service import KVStoreService
 from kvstore.server.metrics import serve_metrics
 from kvstore.server.telemetry import RpcMetrics, TimingInterceptor, tracing_interceptor
 from kvstore.shm.leases import Leases
+from kvstore.shm.segments import SharedSegment
 from kvstore.store import Store
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
@@ -42,6 +45,29 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAMES = [pb.DESCRIPTOR.services_by_name[n].full_name for n in ("KVStore", "AgentHints", "Admin")]
 SAVE_EVERY_S = 10.0  # learned return times are written at most this often (and at shutdown)
+
+
+PREFAULT_NICE = 19  # the lowest priority: faulting pages in may wait for any request
+
+
+def prefault(segments: list[SharedSegment]) -> None:
+    """Fault every page of the shared segments in, one after another, at the lowest CPU priority.
+
+    One thread for all segments: they are faulted for the same reason and at the same (idle)
+    priority, so running them in parallel would only take a second core from request handling.
+    On Linux a thread's nice value is its own (setpriority on its native thread id), so this
+    lowers only this thread. Logs the line `ServerProcess.wait_prefaulted` waits for, with 0 MiB
+    when there is nothing to fault, so waiters never wait for a line that cannot come."""
+    with contextlib.suppress(OSError):  # not permitted, or not Linux: fault at normal priority
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREFAULT_NICE)
+    started = time.perf_counter()
+    done = 0
+    for segment in segments:
+        try:
+            done += segment.prefault()
+        except (OSError, ValueError, TypeError, BufferError) as exc:  # closed under us (a fast shutdown)
+            log.debug("prefault of %s stopped: %s", segment.name, exc)
+    log.info("prefaulted %d MiB of shared memory in %.2f s", done >> 20, time.perf_counter() - started)
 
 
 def grpc_options(settings: Settings) -> list[tuple[str, int]]:
@@ -97,9 +123,8 @@ class KVStoreServer:
             self._stop_metrics = serve_metrics(self.registry, self.store, s.host, s.metrics_port, self.leases)
         self._mover.start()
         self._saver = asyncio.create_task(self._save_learned())
-        for tier in self.store.tiers:
-            if tier.segment is not None:
-                threading.Thread(target=tier.segment.prefault, name="kvstore-prefault", daemon=True).start()
+        segments = [t.segment for t in self.store.tiers if t.segment is not None]
+        threading.Thread(target=prefault, args=(segments,), name="kvstore-prefault", daemon=True).start()
         log.info(
             "kvstore serving on %s (tiers: %s; policy %s)",
             self.address,

@@ -15,6 +15,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 _LISTENING = re.compile(r"kvstore listening on (\S+)")
+_PREFAULTED = re.compile(rb"prefaulted (\d+) MiB of shared memory in ([0-9.]+) s")
+PREFAULT_POLL_S = 0.05
 
 
 class ServerProcess:
@@ -42,6 +44,7 @@ class ServerProcess:
         self.log_path = Path(data_dir).with_name(Path(data_dir).name + ".log")
         Path(data_dir).parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self._log_start = self._log.tell()  # the log is appended to across runs of one data dir
         self.proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
@@ -70,6 +73,22 @@ class ServerProcess:
             reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout, wait_for_ready=True)
             if reply.status != health_pb2.HealthCheckResponse.SERVING:
                 raise RuntimeError(f"kvstore at {self.address} is not serving")
+
+    def wait_prefaulted(self, timeout: float = 120.0) -> tuple[int, float] | None:
+        """Wait until the server has faulted its shared segments in (the log line of
+        `kvstore.server.app.prefault`), so a benchmark does not measure first-touch page faults.
+        Returns (MiB, seconds) it reported, or None when the line did not come in time (a log level
+        above info, or the server exited)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_start)
+                m = _PREFAULTED.search(f.read())
+            if m:
+                return int(m.group(1)), float(m.group(2))
+            if time.monotonic() >= deadline or self.proc.poll() is not None:
+                return None
+            time.sleep(PREFAULT_POLL_S)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs (crash recovery tests)."""

@@ -41,6 +41,11 @@ class Tier(ABC):
     def free(self, entry: BlockEntry) -> None:
         """Give back the room of `entry`, which must have been allocated here."""
 
+    def free_later(self, entry: BlockEntry) -> None:
+        """Like `free`, for a caller holding the store's lock: the room is given back now, work
+        that can wait (a file to unlink) is done off the lock."""
+        self.free(entry)
+
     @abstractmethod
     def write(self, entry: BlockEntry, data: Any, non_blocking: bool = False) -> None:
         """Store `entry.size` bytes of `data` (a tensor or a buffer) at the entry's location
