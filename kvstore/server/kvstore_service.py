@@ -188,7 +188,7 @@ class KVStoreService(pb_grpc.KVStoreServicer):
         if unknown:
             raise InvalidArgument(f"unknown plan kinds {unknown}; known: {', '.join(KINDS)}")
         if request.namespace:
-            self.store.namespace(request.namespace)  # NOT_FOUND for a namespace the server lacks
+            self.store.check.namespace(request.namespace)  # NOT_FOUND for a namespace the server lacks
         # The feed publishes on the mover's thread: it only sets this loop's event, never waits.
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
