@@ -19,9 +19,10 @@ from kvstore.sdk import Client
 
 from kvstore import errors
 from kvstore.auth_tokens import entry_yaml, new_token
-from kvstore.config import ConfigError, Settings
+from kvstore.config import ConfigError, Settings, load_settings
 from kvstore.kvctl import main as kvctl
 from kvstore.server.app import KVStoreServer
+from kvstore.server.auth import check_exposure
 from kvstore.server.process import ServerProcess
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
@@ -276,6 +277,11 @@ def test_refuses_unauthenticated_on_a_reachable_address(tmp_path: Path) -> None:
 SMALL = ["--shared-memory", "off", "--dram", "16MiB", "--disk", "16MiB"]
 
 
+def test_deploy_example_starts() -> None:
+    """deploy/kvstore.yaml listens on 0.0.0.0 inside a private compose network: it says so."""
+    check_exposure(load_settings(Path(__file__).resolve().parents[1] / "deploy" / "kvstore.yaml"))
+
+
 def _serve(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "kvstore.cli", "serve", "--data-dir", str(data_dir), *SMALL, *args],
@@ -294,3 +300,102 @@ def test_second_server_on_a_port_or_data_dir_refuses(tmp_path: Path) -> None:
         done = _serve(tmp_path / "one", "--port", "0")
         assert done.returncode != 0 and "Traceback" not in done.stderr
         assert str(tmp_path / "one") in done.stderr and f"pid {first.proc.pid}" in done.stderr, done.stderr
+
+
+def _certs(tmp_path: Path) -> dict[str, bytes]:
+    """A CA, a server cert for 127.0.0.1 and a client cert, all signed by the CA (PEM)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def issue(
+        cn: str, key: Any, issuer: x509.Name, signer: Any, ca: bool, san: list[Any]
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    def pem_key(key: Any) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    ca_key, server_key, client_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    ca = issue("kvstore test CA", ca_key, name("kvstore test CA"), ca_key, True, [])
+    server = issue(
+        "127.0.0.1",
+        server_key,
+        ca.subject,
+        ca_key,
+        False,
+        [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+    )
+    client = issue("engine-a", client_key, ca.subject, ca_key, False, [x509.DNSName("engine-a")])
+    out = {
+        "ca": ca.public_bytes(serialization.Encoding.PEM),
+        "server": server.public_bytes(serialization.Encoding.PEM),
+        "server_key": pem_key(server_key),
+        "client": client.public_bytes(serialization.Encoding.PEM),
+        "client_key": pem_key(client_key),
+    }
+    for label, data in out.items():
+        (tmp_path / f"{label}.pem").write_bytes(data)
+    return out
+
+
+def test_mutual_tls_with_tokens(tmp_path: Path) -> None:
+    pem = _certs(tmp_path)
+    tls = {
+        "cert": tmp_path / "server.pem",
+        "key": tmp_path / "server_key.pem",
+        "client_ca": tmp_path / "ca.pem",
+    }
+    settings, tokens = auth_settings(tmp_path, tls=tls)
+    srv = ThreadedServer(settings)
+    try:
+        client_cert = {"private_key": pem["client_key"], "certificate_chain": pem["client"]}
+        with Client(
+            srv.address,
+            token=tokens["engine-a"],
+            root_certificates=pem["ca"],
+            shared_memory=False,
+            **client_cert,
+        ) as kv:
+            keys = kv.keys_for("a-ns", range(8))
+            kv.put("a-ns", keys, [b"\x09" * BLOCK] * 2)
+            assert kv.get("a-ns", keys)[0][:1] == b"\x09"  # type: ignore[index]
+        # TLS does not stand in for a token, and a client without a certificate is turned away.
+        with (
+            Client(
+                srv.address, token="", root_certificates=pem["ca"], shared_memory=False, **client_cert
+            ) as kv,
+            pytest.raises(errors.Unauthenticated),
+        ):
+            kv.namespace("a-ns")
+        for kwargs in ({"root_certificates": pem["ca"]}, {}):
+            with (
+                Client(srv.address, token=tokens["engine-a"], shared_memory=False, timeout=5, **kwargs) as kv,
+                pytest.raises(errors.KVStoreError, match="UNAVAILABLE"),
+            ):
+                kv.namespace("a-ns")
+    finally:
+        srv.stop()
