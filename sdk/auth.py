@@ -83,22 +83,30 @@ class _SyncToken(
     intercept_stream_stream = _call
 
 
-class _AsyncToken(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
+class _AsyncToken:
     def __init__(self, token: str) -> None:
         self.token = token
 
     async def _call(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(_with_token(details, self.token, grpc.aio.ClientCallDetails), request)
 
-    intercept_unary_unary = _call
-    intercept_unary_stream = _call
-    intercept_stream_unary = _call
-    intercept_stream_stream = _call
+
+# grpc.aio files each interceptor under the first kind it is an instance of (an if/elif chain), so
+# one object deriving from all four kinds would only see unary-unary calls: one class per kind.
+class _AsyncUnaryUnary(_AsyncToken, grpc.aio.UnaryUnaryClientInterceptor):
+    intercept_unary_unary = _AsyncToken._call
+
+
+class _AsyncUnaryStream(_AsyncToken, grpc.aio.UnaryStreamClientInterceptor):
+    intercept_unary_stream = _AsyncToken._call
+
+
+class _AsyncStreamUnary(_AsyncToken, grpc.aio.StreamUnaryClientInterceptor):
+    intercept_stream_unary = _AsyncToken._call
+
+
+class _AsyncStreamStream(_AsyncToken, grpc.aio.StreamStreamClientInterceptor):
+    intercept_stream_stream = _AsyncToken._call
 
 
 def channel(target: str, options: list[tuple[str, Any]], token: str | None, tls: Tls | None) -> grpc.Channel:
@@ -112,7 +120,8 @@ def channel(target: str, options: list[tuple[str, Any]], token: str | None, tls:
 def aio_channel(
     target: str, options: list[tuple[str, Any]], token: str | None, tls: Tls | None
 ) -> grpc.aio.Channel:
-    interceptors = None if token is None else [_AsyncToken(token)]
+    kinds = (_AsyncUnaryUnary, _AsyncUnaryStream, _AsyncStreamUnary, _AsyncStreamStream)
+    interceptors = None if token is None else [kind(token) for kind in kinds]
     if tls is None:
         return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
     return grpc.aio.secure_channel(target, tls.credentials(), options=options, interceptors=interceptors)

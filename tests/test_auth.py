@@ -399,3 +399,33 @@ def test_mutual_tls_with_tokens(tmp_path: Path) -> None:
                 kv.namespace("a-ns")
     finally:
         srv.stop()
+
+
+def test_async_client_and_agent_session_send_the_token(
+    secured: tuple[ThreadedServer, dict[str, str]],
+) -> None:
+    import asyncio
+
+    from kvstore.sdk import AgentSession, AsyncClient
+
+    srv, tokens = secured
+
+    async def roundtrip() -> list[bytes | None]:
+        async with AsyncClient(srv.address, token=tokens["engine-b"], shared_memory=False) as kv:
+            keys = await kv.keys_for("b-ns", range(8))
+            await kv.put("b-ns", keys, [b"\x03" * BLOCK] * 2)
+            with pytest.raises(errors.PermissionDenied):
+                await kv.get("a-ns", keys)
+            return await kv.get("b-ns", keys)  # type: ignore[no-any-return]
+
+    assert [b[:1] for b in asyncio.run(roundtrip())] == [b"\x03", b"\x03"]  # type: ignore[index]
+    with AgentSession(srv.address, session_id="sb", namespace="b-ns", token=tokens["agent-b"]) as session:
+        session.awaiting_user()
+        assert session.flush() and session.healthy
+        assert srv.store.sessions.sessions["sb"].state.value == "awaiting_user"
+    with AgentSession(srv.address, session_id="sx", namespace="b-ns", token=tokens["agent-a"]) as session:
+        assert (
+            session.flush()
+            and not session.healthy
+            and "PERMISSION_DENIED" in (session._sender.last_error or "")
+        )
