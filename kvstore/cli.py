@@ -45,6 +45,23 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="export OpenTelemetry spans of RPCs (OTLP/gRPC; endpoint from tracing.otlp_endpoint or OTEL_*)",
     )
+    p.add_argument(
+        "--auth-tokens",
+        type=Path,
+        metavar="PATH",
+        help="require bearer tokens listed in this YAML/JSON file (see `kvstore token new`)",
+    )
+    p.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        default=None,
+        help="serve without tokens on a non-loopback --host (only on a network you trust)",
+    )
+    p.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve TLS with this certificate chain")
+    p.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert")
+    p.add_argument(
+        "--tls-client-ca", type=Path, metavar="PEM", help="require client certificates signed by this CA"
+    )
     p.set_defaults(run=_run_serve)
 
 
@@ -74,6 +91,12 @@ def _nested(args: argparse.Namespace) -> dict:
         flags["hbm"].setdefault("enabled", "on")
     if args.shared_memory is not None:
         flags["shared_memory"] = {"enabled": args.shared_memory}
+    auth = {"tokens_file": args.auth_tokens, "allow_unauthenticated": args.allow_unauthenticated}
+    tls = {"cert": args.tls_cert, "key": args.tls_key, "client_ca": args.tls_client_ca}
+    for name, group in (("auth", auth), ("tls", tls)):
+        given = {k: v for k, v in group.items() if v is not None}
+        if given:
+            flags[name] = given
     return flags
 
 
@@ -163,12 +186,61 @@ def _run_proxy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "token",
+        help="mint a bearer token, or hash one, for the --auth-tokens file",
+        description="Tokens are random; the server's tokens file keeps only their SHA-256.",
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    new = actions.add_parser(
+        "new",
+        help="print a new token (stderr) and its tokens-file entry (stdout)",
+        description="Print a new random token on stderr (give it to the client, e.g. as KVSTORE_TOKEN) "
+        "and the entry to append under `tokens:` in the server's tokens file on stdout.",
+    )
+    new.add_argument("--tenant", required=True, help="namespaces with this tenant are the token's")
+    new.add_argument("--role", required=True, choices=["engine", "agent", "admin"])
+    new.add_argument("--name", default="", help="a label for the entry (who holds the token)")
+    new.set_defaults(run=_run_token_new)
+    hashed = actions.add_parser(
+        "hash",
+        help="print the tokens-file entry of an existing token (read from stdin)",
+        description="Read a token from stdin (so it stays out of shell history) and print its entry.",
+    )
+    hashed.add_argument("--tenant", required=True)
+    hashed.add_argument("--role", required=True, choices=["engine", "agent", "admin"])
+    hashed.add_argument("--name", default="")
+    hashed.set_defaults(run=_run_token_hash)
+
+
+def _run_token_new(args: argparse.Namespace) -> int:
+    from kvstore.auth_tokens import entry_yaml, new_token
+
+    token = new_token()
+    print(f"token (give it to the client; it is not stored anywhere): {token}", file=sys.stderr)
+    print(entry_yaml(token, args.tenant, args.role, args.name), end="")
+    return 0
+
+
+def _run_token_hash(args: argparse.Namespace) -> int:
+    from kvstore.auth_tokens import entry_yaml
+
+    token = sys.stdin.readline().strip()
+    if not token:
+        print("kvstore token hash: no token on stdin", file=sys.stderr)
+        return 2
+    print(entry_yaml(token, args.tenant, args.role, args.name), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvstore", description="Agent-aware KV-cache tiering service.")
     parser.add_argument("--version", action="version", version=f"kvstore {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _serve_parser(sub)
     _proxy_parser(sub)
+    _token_parser(sub)
     from kvstore.bench import add_bench_parser
 
     add_bench_parser(sub)

@@ -109,6 +109,40 @@ class TracingConfig(BaseModel):
     )
 
 
+class AuthConfig(BaseModel):
+    """Who may call (README "Security"). Off when no tokens file is given, which is allowed only on
+    loopback or a Unix socket unless `allow_unauthenticated` says otherwise."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens_file: Path | None = Field(None, description="YAML/JSON list of {sha256, tenant, role}")
+    allow_unauthenticated: bool = Field(
+        False, description="serve without tokens on a non-loopback address (anyone who reaches it may call)"
+    )
+
+
+class TlsConfig(BaseModel):
+    """TLS for the gRPC port: cert + key turn it on; client_ca also requires client certificates."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cert: Path | None = Field(None, description="PEM server certificate chain")
+    key: Path | None = Field(None, description="PEM private key of the certificate")
+    client_ca: Path | None = Field(None, description="PEM CA bundle; when set, clients must present a cert")
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("tls.cert and tls.key go together: give both or neither")
+        if self.client_ca is not None and self.cert is None:
+            raise ValueError("tls.client_ca needs tls.cert and tls.key (mutual TLS is TLS first)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None
+
+
 def _default_namespaces() -> list[NamespaceConfig]:
     # Llama-3-8B in bf16 is 128 KiB per token; 16-token blocks are vLLM's default block size.
     return [
@@ -138,6 +172,8 @@ class Settings(BaseSettings):
     agent: AgentConfig = AgentConfig()
     ttl: TTLConfig = TTLConfig()
     namespaces: list[NamespaceConfig] = Field(default_factory=_default_namespaces)
+    auth: AuthConfig = AuthConfig()
+    tls: TlsConfig = TlsConfig()
 
     @field_validator("policy")
     @classmethod

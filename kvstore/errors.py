@@ -31,3 +31,16 @@ class FailedPrecondition(KVStoreError):
 
 class Unavailable(KVStoreError):
     code = "UNAVAILABLE"
+
+
+class Unauthenticated(KVStoreError):
+    """No bearer token, or one the server does not know (server/auth.py)."""
+
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(KVStoreError):
+    """A known caller asking for another tenant's namespace, block or session, or for a service its
+    role does not reach (server/auth.py)."""
+
+    code = "PERMISSION_DENIED"

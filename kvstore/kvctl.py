@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kvstore import __version__
+from kvstore.sdk import auth
 from kvstore.sdk.core import DEFAULT_ADDRESS, target
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
@@ -266,6 +268,18 @@ def _options(in_command: bool) -> argparse.ArgumentParser:
         default=default(os.environ.get("KVSTORE_ADDRESS", DEFAULT_ADDRESS)),
         help=f"server address, host:port or unix:///path (default {DEFAULT_ADDRESS}, or $KVSTORE_ADDRESS)",
     )
+    p.add_argument(
+        "--token",
+        default=default(None),
+        help="bearer token, for servers started with --auth-tokens (default $KVSTORE_TOKEN)",
+    )
+    p.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=default(None),
+        metavar="PEM",
+        help="connect with TLS, trusting this CA (default $KVSTORE_TLS_CA; plaintext when neither)",
+    )
     p.add_argument("--json", action="store_true", default=default(False), help="print JSON instead of tables")
     p.add_argument(
         "--wide", action="store_true", default=default(False), help="tables show whole ids and keys"
@@ -354,7 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(width=WIDE) if args.wide else Console()
-    channel = grpc.insecure_channel(target(args.address))
+    ca = args.tls_ca or os.environ.get("KVSTORE_TLS_CA")
+    tls = auth.Tls(Path(ca).read_bytes()) if ca else None
+    channel = auth.channel(target(args.address), [], auth.resolve_token(args.token), tls)
     try:
         reply = args.run(channel, args, console)
     except grpc.RpcError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from kvstore.errors import InvalidArgument
@@ -61,9 +62,14 @@ def store_stats(store: Store) -> StoreStats:
 
 
 def list_blocks(
-    store: Store, namespace: str = "", tier: str = "", limit: int = 100
+    store: Store,
+    namespace: str = "",
+    tier: str = "",
+    limit: int = 100,
+    visible: Collection[str] | None = None,
 ) -> tuple[list[BlockEntry], int]:
-    """Up to `limit` blocks (most recently used first) and how many matched in all."""
+    """Up to `limit` blocks (most recently used first) and how many matched in all. `visible`:
+    only these namespaces (a tenant's, when auth is on); None: all."""
     if namespace:
         store.check.namespace(namespace)
     if tier and tier not in store.tier_by_name:
@@ -73,6 +79,9 @@ def list_blocks(
     if limit < 1:
         raise InvalidArgument("limit must be >= 1")
     with store.lock:
-        matched = [e for e in store.index.entries(namespace or None) if not tier or e.tier == tier]
+        names: Collection[str | None] = (
+            [namespace or None] if visible is None or namespace else sorted(visible)
+        )
+        matched = [e for n in names for e in store.index.entries(n) if not tier or e.tier == tier]
         newest = heapq.nlargest(limit, matched, key=lambda e: e.last_use)
         return [dataclasses.replace(e) for e in newest], len(matched)

@@ -84,10 +84,14 @@ class SessionBase:
         namespace: str = "default",
         timeout: float = 2.0,
         sender: HintSender | None = None,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
     ) -> None:
+        """`token`: bearer token (default $KVSTORE_TOKEN), `root_certificates`: PEM CA for TLS; both
+        unused when a `sender` is given (it carries its own)."""
         self.id = session_id or uuid.uuid4().hex
         self.namespace = namespace
-        self._sender = sender or HintSender.shared(address, timeout)
+        self._sender = sender or HintSender.shared(address, timeout, token, root_certificates)
         self._open = pb.OpenSessionRequest(session=self.id, namespace=namespace)
         self._lock = threading.Lock()
         self._running: set[str] = set()  # ids of the calls running now

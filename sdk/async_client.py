@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
-from kvstore.sdk import core
+from kvstore.sdk import auth, core
 from kvstore.sdk.base import ClientBase, Op, Rpc
 from kvstore.sdk.core import LookupResult, NamespaceInfo, PlanEvent, StoredBlock
 
@@ -17,7 +17,7 @@ class AsyncClient(ClientBase):
     """Blocks in and out of a kvstore server, for asyncio code (see `Client`)."""
 
     def _open_channel(self, target: str, options: list[tuple[str, int]]) -> grpc.aio.Channel:
-        return grpc.aio.insecure_channel(target, options=options)
+        return auth.aio_channel(target, options, self._token, self._tls)
 
     async def _run(self, op: Op[T]) -> T:
         """Drive an operation: each RPC it yields is awaited here."""

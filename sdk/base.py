@@ -15,7 +15,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from kvstore.sdk import core, shm
+from kvstore.sdk import auth, core, shm
 from kvstore.sdk.core import LookupResult, NamespaceInfo, StoredBlock
 
 from kvstore import errors
@@ -48,9 +48,19 @@ class ClientBase:
         timeout: float | None = 30.0,
         max_message_bytes: int = core.DEFAULT_MAX_MESSAGE,
         shared_memory: bool = True,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        tls: bool = False,
     ) -> None:
+        """`token`: the bearer token (default $KVSTORE_TOKEN). TLS is on with `tls=True` or any of
+        `root_certificates` (PEM CA of the server's cert), `private_key` + `certificate_chain`
+        (a client certificate, for servers that require one)."""
         self.address = address
         self.timeout = timeout
+        self._token = auth.resolve_token(token)
+        self._tls = auth.tls_config(root_certificates, private_key, certificate_chain, tls)
         self._segments: shm.Segments | None = None
         self._attached = not shared_memory  # True once we know whether shared memory is usable
         self._attach_lock = threading.Lock()  # held for bookkeeping only, never across a call

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
-from kvstore.sdk import core
+from kvstore.sdk import auth, core
 from kvstore.sdk.base import ClientBase, Op, Rpc
 from kvstore.sdk.core import LookupResult, NamespaceInfo, PlanEvent, StoredBlock
 
@@ -27,7 +27,7 @@ class Client(ClientBase):
     """
 
     def _open_channel(self, target: str, options: list[tuple[str, int]]) -> grpc.Channel:
-        return grpc.insecure_channel(target, options=options)
+        return auth.channel(target, options, self._token, self._tls)
 
     def _run(self, op: Op[T]) -> T:
         """Drive an operation: each RPC it yields is called here, blocking."""

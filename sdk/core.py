@@ -65,6 +65,8 @@ _ERRORS = {
         errors.ResourceExhausted,
         errors.FailedPrecondition,
         errors.Unavailable,
+        errors.Unauthenticated,
+        errors.PermissionDenied,
     )
 }
 

@@ -16,6 +16,7 @@ import threading
 from typing import Any
 
 import grpc
+from kvstore.sdk import auth
 from kvstore.sdk.core import DEFAULT_ADDRESS, target
 
 from kvstore.v1 import kvstore_pb2 as pb
@@ -30,8 +31,14 @@ class HintSender:
     """Sends hints in order on one background thread; `send` never blocks and never raises."""
 
     def __init__(
-        self, address: str = DEFAULT_ADDRESS, timeout: float = 2.0, max_pending: int = 10_000
+        self,
+        address: str = DEFAULT_ADDRESS,
+        timeout: float = 2.0,
+        max_pending: int = 10_000,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
     ) -> None:
+        """`token`: bearer token (default $KVSTORE_TOKEN); `root_certificates`: PEM CA, for TLS."""
         self.address = address
         self.timeout = timeout
         self.healthy = True
@@ -39,13 +46,15 @@ class HintSender:
         self.dropped = 0
         self.closed = False
         # kvstore is a sidecar on this host: after it restarts, reconnect within a second or two.
-        self._channel = grpc.insecure_channel(
+        self._channel = auth.channel(
             target(address),
-            options=[
+            [
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.min_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 2000),
             ],
+            auth.resolve_token(token),
+            auth.tls_config(root_certificates, None, None, False),
         )
         self._stub = pb_grpc.AgentHintsStub(self._channel)
         self._queue: queue.Queue[Any] = queue.Queue(max_pending)
@@ -53,13 +62,23 @@ class HintSender:
         self._thread.start()
 
     @classmethod
-    def shared(cls, address: str = DEFAULT_ADDRESS, timeout: float = 2.0) -> HintSender:
-        """The process's sender for `address` (one per address and timeout), made on first use and
-        flushed at interpreter exit."""
+    def shared(
+        cls,
+        address: str = DEFAULT_ADDRESS,
+        timeout: float = 2.0,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+    ) -> HintSender:
+        """The process's sender for `address` (one per address, timeout and credentials), made on
+        first use and flushed at interpreter exit."""
+        token = auth.resolve_token(token)
         with _SHARED_LOCK:
-            sender = _SHARED.get((address, timeout))
+            key = (address, timeout, token, root_certificates)
+            sender = _SHARED.get(key)
             if sender is None or sender.closed:
-                sender = _SHARED[(address, timeout)] = cls(address, timeout)
+                sender = _SHARED[key] = cls(
+                    address, timeout, token=token, root_certificates=root_certificates
+                )
             return sender
 
     def send(self, method: str, request: Any, reopen: pb.OpenSessionRequest | None = None) -> None:
@@ -125,7 +144,7 @@ class HintSender:
         self.healthy, self.last_error = False, message
 
 
-_SHARED: dict[tuple[str, float], HintSender] = {}
+_SHARED: dict[tuple[str, float, str | None, bytes | None], HintSender] = {}
 _SHARED_LOCK = threading.Lock()
 
 

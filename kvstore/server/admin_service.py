@@ -9,6 +9,7 @@ import grpc
 
 from kvstore import __version__
 from kvstore.errors import InvalidArgument
+from kvstore.server.auth import current_scope
 from kvstore.server.convert import namespace_info
 from kvstore.server.errors import grpc_errors
 from kvstore.sessions import Session
@@ -65,7 +66,7 @@ class AdminService(pb_grpc.AdminServicer):
         if limit > MAX_LIST:
             raise InvalidArgument(f"limit is {limit}; at most {MAX_LIST} blocks per call")
         entries, total = await asyncio.to_thread(
-            list_blocks, self.store, request.namespace, request.tier, limit
+            list_blocks, self.store, request.namespace, request.tier, limit, current_scope(self.store)
         )
         now = self.store.clock.now()
         return pb.ListBlocksResponse(

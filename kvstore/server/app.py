@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -27,9 +28,12 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from kvstore import persistence
+from kvstore.auth_tokens import load_tokens
 from kvstore.build import build_store
-from kvstore.config import Settings
+from kvstore.config import ConfigError, Settings, TlsConfig
 from kvstore.server.admin_service import AdminService
+from kvstore.server.auth import AuthInterceptor, Guard, check_exposure
+from kvstore.server.datadir_lock import DataDirLock
 from kvstore.server.hint_worker import HintWorker
 from kvstore.server.hints_service import AgentHintsService
 from kvstore.server.kvstore_service import KVStoreService
@@ -72,13 +76,64 @@ def prefault(segments: list[SharedSegment]) -> None:
 
 def grpc_options(settings: Settings) -> list[tuple[str, int]]:
     size = int(settings.max_message_bytes)
-    return [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
+    return [
+        ("grpc.max_send_message_length", size),
+        ("grpc.max_receive_message_length", size),
+        # gRPC sets SO_REUSEPORT by default: a second server on the same port would start
+        # silently and the kernel would split connections between the two.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    """TLS (cert + key), or mutual TLS when client_ca is set (clients must present a cert it signed)."""
+    assert tls.cert is not None and tls.key is not None
+
+    def read(path: Path, what: str) -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read tls.{what} {path}: {exc.strerror}") from None
+
+    client_ca = read(tls.client_ca, "client_ca") if tls.client_ca is not None else None
+    return grpc.ssl_server_credentials(
+        [(read(tls.key, "key"), read(tls.cert, "cert"))],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def _listen(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    """Bind `address`; OSError naming it when the port is taken (by another kvstore or anything)."""
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:  # grpcio raises this, with no reason, when the bind fails
+        port = 0
+    if port == 0:
+        raise OSError(
+            f"cannot listen on {address}: the port is in use (by another kvstore server or another "
+            "program), or the address is not one of this host's"
+        )
+    return port
 
 
 class KVStoreServer:
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
-        self.store = store or build_store(settings)
+        # Refusals come before anything is built: a refused server leaves no trace.
+        check_exposure(settings)
+        self.tokens = load_tokens(settings.auth.tokens_file) if settings.auth.tokens_file else None
+        self._credentials = server_credentials(settings.tls) if settings.tls.enabled else None
+        self._dir_lock = DataDirLock(settings.data_dir)
+        self._dir_lock.acquire()
+        try:
+            self.store = store or build_store(settings)
+        except BaseException:
+            self._dir_lock.release()
+            raise
         self.leases = Leases(self.store, settings.shared_memory.lease_ttl_s, wake=self.store.plans.wake)
         self.port = 0
         self._server: grpc.aio.Server | None = None
@@ -95,11 +150,14 @@ class KVStoreServer:
     def address(self) -> str:
         return f"{self.settings.host}:{self.port}"
 
-    async def start(self) -> None:
+    def _build_server(self) -> grpc.aio.Server:
         s = self.settings
+        # Timing first: it also counts calls the auth check refuses.
         interceptors: list[grpc.aio.ServerInterceptor] = [TimingInterceptor(self.rpc_metrics)]
         if s.tracing.enabled:
             interceptors.append(tracing_interceptor("kvstore", s.tracing.otlp_endpoint))
+        if self.tokens is not None:
+            interceptors.append(AuthInterceptor(self.tokens, Guard(self.store, self.leases)))
         server = grpc.aio.server(options=grpc_options(s), interceptors=interceptors)
         pb_grpc.add_KVStoreServicer_to_server(KVStoreService(self.store, self.leases), server)
         pb_grpc.add_AdminServicer_to_server(AdminService(self.store, self.leases), server)
@@ -109,12 +167,24 @@ class KVStoreServer:
         reflection.enable_server_reflection(
             [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
-        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
-        if self.port == 0:
-            raise OSError(f"cannot listen on {s.host}:{s.port} (in use, or not an address of this host)")
+        self.port = _listen(server, f"{s.host}:{s.port}", self._credentials)
         if s.unix_socket is not None:
             s.unix_socket.unlink(missing_ok=True)
-            server.add_insecure_port(f"unix://{s.unix_socket.resolve()}")
+            # The socket file's permissions guard it; tokens, when on, are checked there too.
+            _listen(server, f"unix://{s.unix_socket.resolve()}", None)
+        return server
+
+    async def start(self) -> None:
+        try:
+            server = self._build_server()
+        except BaseException:
+            # Nothing is served: give back the data dir and the shared segments for the next try.
+            if self._hint_worker is not None:
+                await asyncio.to_thread(self._hint_worker.close)
+            await asyncio.to_thread(self.store.close)
+            self._dir_lock.release()
+            raise
+        s = self.settings
         await server.start()
         self._server = server
         for name in ["", *SERVICE_NAMES]:
@@ -190,6 +260,7 @@ class KVStoreServer:
         await asyncio.to_thread(self.store.close)
         if self.settings.unix_socket is not None:
             self.settings.unix_socket.unlink(missing_ok=True)
+        self._dir_lock.release()
 
     async def wait(self) -> None:
         assert self._server is not None
