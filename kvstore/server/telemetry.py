@@ -8,6 +8,7 @@ run many servers in one process; the global registry would collide).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import platform
 import time
@@ -133,7 +134,10 @@ class TimingInterceptor(grpc.aio.ServerInterceptor):
 
             return timed
 
-        def streaming(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+        def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            if not inspect.isasyncgenfunction(behavior):
+                return unary(behavior)  # a coroutine that writes with context.write (or aborts)
+
             async def timed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 started, error = time.perf_counter(), None
                 try:
