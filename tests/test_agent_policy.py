@@ -387,3 +387,18 @@ def test_a_session_back_before_its_warm_plan_drops_it(tmp_path: Path) -> None:
     run_until(store, 700.0)
     assert watcher.drain() == ([], 0)
     assert store.plans.pending <= 1  # at most a check, nothing for A
+
+
+def test_a_burst_of_hints_queues_one_rebalance(tmp_path: Path) -> None:
+    store, hints = make(tmp_path)
+    for n in range(20):
+        hints.open_session(f"s{n}", "t")
+        put(store, f"s{n}", f"b{n}")
+    checks = []
+    for n in range(20):  # all at the same instant, before the mover runs
+        hints.awaiting_user(f"s{n}")
+        checks = [p for p in store.plans._heap if p[3].kind.value == "check" and p[3].ref == "rebalance"]
+        assert len(checks) == 1  # ranking every session once, not once per hint
+    store.run_due()
+    hints.user_active("s0")
+    assert [p for p in store.plans._heap if p[3].ref == "rebalance"]  # the next hint asks again

@@ -39,11 +39,18 @@ def wait_until(predicate, timeout: float = 10.0) -> bool:
     return predicate()
 
 
+def settled(server: ThreadedServer) -> bool:
+    """The mover has run every plan due by now (a hint's rebalance check runs on it, soon after)."""
+    plans = server.store.plans
+    return wait_until(lambda: (due := plans.next_due()) is None or due > server.store.clock.now())
+
+
 def test_bad_hints_get_the_right_status_and_change_nothing(agent_server: ThreadedServer) -> None:
     with grpc.insecure_channel(agent_server.address) as channel:
         hints = pb_grpc.AgentHintsStub(channel)
         hints.OpenSession(pb.OpenSessionRequest(session="s", namespace="t"))
         call = hints.BeginToolCall(pb.BeginToolCallRequest(session="s", tool_name="pytest", expected_s=30))
+        assert settled(agent_server)
         before = (agent_server.store.plans.pending, dict(agent_server.store.sessions.hints))
         cases = [
             (

@@ -97,3 +97,17 @@ def test_bad_observations_are_ignored() -> None:
     for bad in (-1.0, math.nan, math.inf):
         returns.record(Away(AwayKind.USER, "", 0.0), bad)
     assert returns.time_back(Away(AwayKind.USER, "", 0.0), 0.0, 0.5) == before
+
+
+def test_a_windowed_kernel_equals_the_whole_one() -> None:
+    import numpy as np
+
+    from kvstore.sessions import returns
+
+    for center in (-30.0, -12.0, -11.99, -3.3, 0.0, 7.77, 17.99, 18.0, 40.0):
+        for scale in (returns.MIN_KERNEL, 0.05, returns.MAX_KERNEL):
+            acc = np.zeros_like(returns._GRID)
+            returns._add_kernel(acc, center, scale)
+            assert np.max(np.abs(acc - returns._logistic_cdf(center, scale))) < 1e-12
+            returns._add_kernel(acc, center, scale, -1.0)
+            assert np.max(np.abs(acc)) < 1e-12

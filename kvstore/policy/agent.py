@@ -42,6 +42,7 @@ from kvstore.sessions import Away, AwayKind, PrefetchStatus, Session
 ABANDONED = -1.0  # the score of a block no session references any more
 RESIDENCE_WINDOW_S = 600.0  # eviction rates are averaged over about this long
 SUCCESS_RATE_WEIGHT = 0.05  # the prefetch success rate averages over about the last 20 resumes
+REBALANCE = "rebalance"  # the ref of a check a hint asked for (vs. a timed one)
 
 
 class LooseBlocks:
@@ -141,6 +142,7 @@ class AgentPolicy(LRUPolicy):
         self._abandoned = LooseBlocks()  # they lost their last session reference
         self._sessionless = LooseBlocks()  # they never had one
         self._check_at: float | None = None
+        self._rebalance_queued = False  # a REBALANCE check is queued and has not run yet
 
     # ------------------------------------------------------------------ scores
 
@@ -351,9 +353,20 @@ class AgentPolicy(LRUPolicy):
             plans.append(
                 Plan(PlanKind.WARM, warm_at if warm_at is not None else now, session.id, session.generation)
             )
-        return plans + self.rebalance()
+        return plans + self._rebalance_soon(now)
+
+    def _rebalance_soon(self, now: float) -> list[Plan]:
+        """One check, now, for however many hints arrive before it runs: ranking every session
+        is O(sessions), too much for each hint of a busy server, and runs on the mover instead."""
+        if self._rebalance_queued:
+            return []
+        self._rebalance_queued = True
+        return [Plan(PlanKind.CHECK, now, ref=REBALANCE)]
 
     def on_check(self, plan: Plan) -> list[Plan]:
+        if plan.ref == REBALANCE:
+            self._rebalance_queued = False
+            return self.rebalance()
         if plan.not_before != self._check_at:
             return []  # superseded by a sooner check
         self._check_at = None

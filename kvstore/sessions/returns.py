@@ -49,6 +49,7 @@ _STEP = float(_GRID[1] - _GRID[0])
 _GRID_START = float(_GRID[0])
 _LAST = len(_GRID) - 1
 _TINY = 1e-12
+KERNEL_REACH = 40.0  # kernel scales beyond which a logistic kernel is flat (e^-40)
 
 
 class AwayKind(str, enum.Enum):
@@ -101,6 +102,17 @@ def _logistic_cdf(center: float, scale: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(np.clip(-(_GRID - center) / scale, -700.0, 700.0)))
 
 
+def _add_kernel(acc: np.ndarray, center: float, scale: float, sign: float = 1.0) -> None:
+    """acc += sign * _logistic_cdf(center, scale), computed only where the kernel is not yet flat
+    (beyond KERNEL_REACH scales it is 0 or 1 to within e^-40): a tenth of the grid at most."""
+    n = len(_GRID)
+    lo = min(n, max(0, math.floor((center - KERNEL_REACH * scale - _GRID_START) / _STEP)))
+    hi = min(n, max(0, math.floor((center + KERNEL_REACH * scale - _GRID_START) / _STEP) + 2))
+    if lo < hi:
+        acc[lo:hi] += sign / (1.0 + np.exp((center - _GRID[lo:hi]) / scale))
+    acc[hi:] += sign
+
+
 def kernel_scale(n: int, total: float, squares: float) -> float:
     """Silverman's bandwidth for n samples with this sum and sum of squares, as a logistic scale."""
     if n < 2:
@@ -131,7 +143,7 @@ class LogDistribution:
         y = min(max(y, float(_GRID[0])), float(_GRID[-1]))
         if len(self.samples) == self.samples.maxlen:
             old = self.samples[0]
-            self._sum -= _logistic_cdf(old, self.scale)
+            _add_kernel(self._sum, old, self.scale, -1.0)
             self._total -= old
             self._squares -= old * old
         self.samples.append(y)
@@ -141,9 +153,11 @@ class LogDistribution:
         ideal = kernel_scale(len(self.samples), self._total, self._squares)
         if abs(ideal / self.scale - 1.0) > REBUILD_DRIFT or self.version % 4096 == 0:
             self.scale = ideal  # (also bounds the drift of many additions and subtractions)
-            self._sum = sum((_logistic_cdf(x, ideal) for x in self.samples), np.zeros_like(_GRID))
+            self._sum = np.zeros_like(_GRID)
+            for x in self.samples:
+                _add_kernel(self._sum, x, ideal)
         else:
-            self._sum += _logistic_cdf(y, self.scale)
+            _add_kernel(self._sum, y, self.scale)
 
     def table(self) -> np.ndarray:
         """The CDF on the grid (rebuilt only when this or a parent learned something)."""
@@ -182,7 +196,9 @@ class SessionDistribution:
         self.samples.append(y)
         n = len(self.samples)
         self.scale = kernel_scale(n, sum(self.samples), sum(x * x for x in self.samples))
-        self._own = sum((_logistic_cdf(x, self.scale) for x in self.samples), np.zeros_like(_GRID))
+        self._own = np.zeros_like(_GRID)
+        for x in self.samples:
+            _add_kernel(self._own, x, self.scale)
 
     def cdf(self, y: float) -> float:
         return (PRIOR_WEIGHT * self.parent.cdf(y) + _interpolate(self._own, y)) / (
