@@ -18,6 +18,7 @@ def test_bench_hints_compares_with_a_bare_server_and_shows_the_prefetch(tmp_path
     for row in rounds:
         assert row["kvstore hints/s"] > 0 and row["bare grpc.aio hints/s"] > 0
         assert row["ratio"] == row["kvstore hints/s"] / row["bare grpc.aio hints/s"]
+        assert row["kvstore CPU us/hint"] > 0 and row["bare CPU us/hint"] > 0
     moments = {row["moment"]: row for row in figures["timeline"]}
     assert moments["fewest blocks in HBM"]["blocks in hbm"] != "32/32"  # pressure pushed it out
     assert moments["prefetch done"]["t (s)"] < moments["tool call ends"]["t (s)"]  # back in time

@@ -14,9 +14,11 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import psutil
 import yaml
 
 from kvstore.bench.report import percentile, print_table, write_json
@@ -58,8 +60,16 @@ def _serve_bare(port: multiprocessing.Value) -> None:  # type: ignore[valid-type
     asyncio.run(serve())
 
 
+@dataclass(frozen=True)
+class Target:
+    """A server to send hints to: its address, and its process (whose CPU time is read)."""
+
+    address: str
+    pid: int
+
+
 @contextmanager
-def bare_server() -> Iterator[str]:
+def bare_server() -> Iterator[Target]:
     """A bare grpc.aio AgentHints server in a child process, as kvstore's server is."""
     ctx = multiprocessing.get_context("spawn")
     port = ctx.Value("i", 0)
@@ -74,14 +84,15 @@ def bare_server() -> Iterator[str]:
         address = f"127.0.0.1:{port.value}"
         with grpc.insecure_channel(address) as channel:
             grpc.channel_ready_future(channel).result(timeout=30)
-        yield address
+        yield Target(address, child.pid)
     finally:
         child.kill()
         child.join()
 
 
-def throughput(address: str, sessions: int, seconds: float) -> float:
-    """Hints per second: `sessions` agents, each sending BeginToolCall/EndToolCall back to back."""
+def throughput(address: str, sessions: int, seconds: float) -> tuple[int, float]:
+    """Hints sent and seconds taken: `sessions` agents, each sending BeginToolCall/EndToolCall
+    back to back."""
 
     async def run() -> int:
         async with grpc.aio.insecure_channel(address) as channel:
@@ -111,18 +122,38 @@ def throughput(address: str, sessions: int, seconds: float) -> float:
 
     t0 = time.monotonic()
     sent = asyncio.run(run())
-    return sent / (time.monotonic() - t0)
+    return sent, time.monotonic() - t0
+
+
+def measured(target: Target, sessions: int, seconds: float) -> tuple[float, float]:
+    """Hints per second, and the server's CPU microseconds per hint (user + system, all its
+    threads): the second holds on a busy machine, where the first depends on who else runs."""
+    server = psutil.Process(target.pid)
+    before = sum(server.cpu_times()[:2])
+    sent, took = throughput(target.address, sessions, seconds)
+    return sent / took, (sum(server.cpu_times()[:2]) - before) / sent * 1e6
 
 
 def compare_throughput(
-    ours: str, bare: str, sessions: int, seconds: float, rounds: int
+    ours: Target, bare: Target, sessions: int, seconds: float, rounds: int
 ) -> list[dict[str, float]]:
     """Alternate rounds on the two servers, so a busy machine weighs on both alike."""
     rows = []
     for n in range(rounds):
-        mine, theirs = throughput(ours, sessions, seconds), throughput(bare, sessions, seconds)
+        (mine, mine_cpu), (theirs, theirs_cpu) = (
+            measured(ours, sessions, seconds),
+            measured(bare, sessions, seconds),
+        )
         rows.append(
-            {"round": n + 1, "kvstore hints/s": mine, "bare grpc.aio hints/s": theirs, "ratio": mine / theirs}
+            {
+                "round": n + 1,
+                "kvstore hints/s": mine,
+                "bare grpc.aio hints/s": theirs,
+                "ratio": mine / theirs,
+                "kvstore CPU us/hint": mine_cpu,
+                "bare CPU us/hint": theirs_cpu,
+                "CPU ratio (bare/kvstore)": theirs_cpu / mine_cpu,
+            }
         )
     return rows
 
@@ -278,13 +309,17 @@ def main(args: argparse.Namespace) -> int:
             )
         )
         with ServerProcess(Path(tmp) / "data", config=config) as server, bare_server() as bare:
-            rounds = compare_throughput(server.address, bare, args.sessions, args.seconds, args.rounds)
+            ours = Target(server.address, server.proc.pid)
+            rounds = compare_throughput(ours, bare, args.sessions, args.seconds, args.rounds)
             rtt = round_trips(server.address, args.sessions, args.calls)
             cost = caller_cost(server.address, 2000)
             events = timeline(server.address, args.blocks, args.tool_s)
     figures = {
         "sessions": args.sessions,
         "throughput ratio (median)": statistics.median(r["ratio"] for r in rounds),
+        "CPU per hint ratio, bare/kvstore (median)": statistics.median(
+            r["CPU ratio (bare/kvstore)"] for r in rounds
+        ),
         "hints": len(rtt),
         "hint rtt p50 ms": percentile(rtt, 50) * 1e3,
         "hint rtt p99 ms": percentile(rtt, 99) * 1e3,
