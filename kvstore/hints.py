@@ -57,17 +57,9 @@ class Hints:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.registry = store.sessions
-        self._warned = False
 
     def _plan_locked(self, session: Session, event: str) -> None:
         self.registry.count_hint(event)
-        if not self.store.policy.uses_hints and not self._warned:
-            self._warned = True  # once: a misconfiguration, not something to log per hint
-            log.warning(
-                "agent hints are arriving but policy %r ignores them; serve with --policy agent "
-                "to move KV by them",
-                self.store.policy.name,
-            )
         log.debug(
             "session %s: %s",
             session.id,

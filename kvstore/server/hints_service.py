@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import grpc
 
@@ -16,7 +19,10 @@ from kvstore.store import Store
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 
+log = logging.getLogger(__name__)
+
 READY_POLL_S = 0.005
+T = TypeVar("T")
 
 
 def _reply(session: Session) -> pb.SessionReply:
@@ -29,7 +35,18 @@ class AgentHintsService(pb_grpc.AgentHintsServicer):
 
     def __init__(self, store: Store, worker: HintWorker) -> None:
         self.hints = Hints(store)
-        self._run = worker.run
+        self._worker = worker
+        self._warned = store.policy.uses_hints
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if not self._warned:
+            self._warned = True  # once per server: a misconfiguration, not something to log per hint
+            log.warning(
+                "agent hints are arriving but policy %r ignores them; serve with --policy agent "
+                "to move KV by them",
+                self.hints.store.policy.name,
+            )
+        return await self._worker.run(fn, *args)
 
     @grpc_errors
     async def OpenSession(
