@@ -3,9 +3,10 @@
 A move runs on a background thread whose copy is parked at a gate (between reserving the
 destination and switching the block over), so the test decides what happens meanwhile — no
 timing. While one is parked, only data-path calls, time passing and the meanwhile_* rules run,
-so that what races with a move is tried often. Invariants: each session's bytes per tier equal the blocks it references there,
-references are symmetric, every tier's used bytes are its stored blocks plus the moves into it
-still in flight, pinned blocks never go down, and nothing is left marked moving once moves end.
+so that what races with a move is tried often. Invariants: each session's bytes per tier equal
+the blocks it references there, references are symmetric, every tier's used bytes are its stored
+blocks plus the moves into it still in flight, pinned blocks never go down, and nothing is left
+marked moving once moves end.
 """
 
 from __future__ import annotations
