@@ -108,16 +108,22 @@ class Placement:
         entry.last_use = now
         self.policy.on_access(entry)
 
-    def pin_locked(self, entry: BlockEntry) -> None:
+    def pin_locked(self, entry: BlockEntry, fanout: bool = False) -> None:
+        """Pin once more; `fanout`: the pin is a fan-out's, not a client's."""
         if entry.pins == 0:
             self.pinned_bytes[entry.tier] += entry.size
             self.pinned_blocks[entry.tier] += 1
             self.sessions.on_pinned(entry, True)
             self.policy.on_pin(entry)
         entry.pins += 1
+        entry.fanout_pins += fanout
 
-    def unpin_locked(self, entry: BlockEntry) -> None:
+    def unpin_locked(self, entry: BlockEntry, fanout: bool = False) -> None:
+        """Release one pin of its owner's kind; callers check that one is held."""
+        if entry.pins <= 0 or (fanout and entry.fanout_pins <= 0):
+            raise AssertionError(f"block {entry.key.hex()} has no such pin to release")
         entry.pins -= 1
+        entry.fanout_pins -= fanout
         if entry.pins == 0:
             self.pinned_bytes[entry.tier] -= entry.size
             self.pinned_blocks[entry.tier] -= 1

@@ -366,8 +366,12 @@ class Store:
             entries = self._entries_locked(namespace, keys)
             times = Counter(map(id, entries)) if len(set(keys)) != len(keys) else None
             for entry in entries:
-                if entry.pins < (times[id(entry)] if times is not None else 1):
-                    raise FailedPrecondition(f"block {entry.key.hex()} is not pinned that many times")
+                # Only clients' pins: a fan-out's are released by its last branch or its TTL.
+                if entry.pins - entry.fanout_pins < (times[id(entry)] if times is not None else 1):
+                    raise FailedPrecondition(
+                        f"block {entry.key.hex()} is not pinned that many times by clients"
+                        + (f" ({entry.fanout_pins} pin(s) belong to a fan-out)" if entry.fanout_pins else "")
+                    )
             for entry in entries:
                 self.placement.unpin_locked(entry)
             return len(entries)

@@ -1,0 +1,54 @@
+"""Regressions for defects found by probing the live server (issue 13): owned pins, cancelled
+puts, bounded requests, session expiry and caps, malformed input, config errors, a failing disk."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import grpc
+import pytest
+from conftest import BLOCK, ThreadedServer, make_settings
+from kvstore.sdk import Client
+
+from kvstore.errors import FailedPrecondition
+from kvstore.v1 import kvstore_pb2 as pb
+from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
+
+
+def wait_until(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+@pytest.fixture
+def agent_server(tmp_path) -> ThreadedServer:
+    srv = ThreadedServer(make_settings(tmp_path / "data", policy="agent"))
+    yield srv
+    srv.stop()
+
+
+def test_unpin_cannot_release_a_fanouts_pins(agent_server: ThreadedServer) -> None:
+    """A fan-out's pins are its own: a client's Unpin is refused, the fan-out's release leaves the
+    client's pins, and no pin count goes below zero (ListBlocks keeps working, blocks can leave)."""
+    with grpc.insecure_channel(agent_server.address) as channel, Client(agent_server.address) as kv:
+        hints, admin = pb_grpc.AgentHintsStub(channel), pb_grpc.AdminStub(channel)
+        keys = kv.keys_for("t", range(4 * 2))
+        kv.put("t", keys, [os.urandom(BLOCK) for _ in keys], session="s")
+        fan = hints.AnnounceFanout(pb.AnnounceFanoutRequest(session="s", n=1, ttl_s=60))
+        assert wait_until(lambda: all(agent_server.store.index.get("t", k).pins == 1 for k in keys))
+        with pytest.raises(FailedPrecondition):  # not the client's pin to release
+            kv.unpin("t", keys)
+        assert kv.pin("t", keys[:1]) == 1  # a client pin beside the fan-out's
+        hints.BranchDone(pb.BranchDoneRequest(fanout_id=fan.fanout_id))  # releases only its own
+        listed = {b.key: b.pins for b in admin.ListBlocks(pb.ListBlocksRequest(namespace="t")).blocks}
+        assert listed == {keys[0]: 1, keys[1]: 0}
+        assert kv.unpin("t", keys[:1]) == 1
+        with pytest.raises(FailedPrecondition):
+            kv.unpin("t", keys[:1])
+        assert all(b.pins == 0 for b in admin.ListBlocks(pb.ListBlocksRequest(namespace="t")).blocks)
+        assert kv.delete("t", keys) == 2  # nothing left holding them
