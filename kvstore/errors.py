@@ -31,3 +31,10 @@ class FailedPrecondition(KVStoreError):
 
 class Unavailable(KVStoreError):
     code = "UNAVAILABLE"
+
+
+class Cancelled(KVStoreError):
+    """The caller gave up (cancelled, or its deadline passed) before the call was committed; what
+    it had done is taken back."""
+
+    code = "CANCELLED"

@@ -17,11 +17,11 @@ and shutdown in `persistence`, operators' views in `stats`.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from kvstore.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from kvstore.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from kvstore.hashing import Namespace
 from kvstore.index import BlockEntry, PrefixMatch
 from kvstore.placement import Moved, Placement
@@ -52,6 +52,16 @@ class Read:
     tier: str
     data: bytes | None = None
     held: BlockEntry | None = None
+
+
+@dataclass(slots=True)
+class _Undo:
+    """What one put did, to take back if its caller gives up before it is committed."""
+
+    added: list[BlockEntry] = field(default_factory=list)
+    pins: list[BlockEntry] = field(default_factory=list)
+    refs: list[tuple[BlockEntry, Session]] = field(default_factory=list)
+    opened: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -94,8 +104,13 @@ class Store:
 
     # ------------------------------------------------------------------ writing
 
-    def put(self, blocks: Sequence[PutBlock]) -> list[str]:
-        """Store blocks; returns the tier each landed in ('' when it could not be placed)."""
+    def put(self, blocks: Sequence[PutBlock], gave_up: Callable[[], bool] | None = None) -> list[str]:
+        """Store blocks; returns the tier each landed in ('' when it could not be placed).
+
+        `gave_up`: whether the caller stopped waiting (a cancelled or timed-out RPC). It is asked
+        before each block and, last, under the lock that commits the answer; once it says yes,
+        what this call stored, pinned, referenced or opened is taken back and `Cancelled` raised,
+        so a Put nobody waits for leaves nothing behind."""
         for i, block in enumerate(blocks):
             self.check.block(
                 block.namespace, block.key, block.parent, block.meta, len(as_buffer(block.data)), i
@@ -104,10 +119,15 @@ class Store:
         with self.lock:
             self._check_room_locked(blocks)
             new = {(b.namespace, b.key): b for b in blocks if self.index.get(b.namespace, b.key) is None}
+        if gave_up is not None and gave_up():
+            raise Cancelled("the caller gave up on this put before it was stored")
         placement.make_room(0, sum(self.namespaces[ns].block_bytes for ns, _ in new))  # one pass of victims
         entries: list[BlockEntry | None] = []
         active: dict[str, Session] = {}  # each session named resolved once per call
+        undo = _Undo()
         for b in blocks:
+            if gave_up is not None and gave_up():
+                break
             with self.lock:
                 now = self.clock.now()
                 stored = self.index.get(b.namespace, b.key)
@@ -117,19 +137,47 @@ class Store:
                 size = self.namespaces[b.namespace].block_bytes  # validated: the data's size
                 fresh = BlockEntry(b.namespace, b.key, b.parent or None, size, "", meta=b.meta, last_use=now)
                 stored = placement.place(fresh, b.data)
+                if stored is fresh:
+                    undo.added.append(fresh)
             if stored is not None:
                 with self.lock:
                     session = None
                     if b.session:
                         session = active.get(b.session)
                         if session is None:
+                            if b.session not in self.sessions.sessions:
+                                undo.opened.append(b.session)
                             session = active[b.session] = self.active_session_locked(
                                 b.session, b.namespace, now
                             )
+                        if stored.sessions is None or session.id not in stored.sessions:
+                            undo.refs.append((stored, session))
                     self._claim_locked(stored, session, b.pin)
+                    if b.pin:
+                        undo.pins.append(stored)
             entries.append(stored)
         with self.lock:  # where each is now: a big batch may have pushed its own first blocks down or out
+            if gave_up is not None and gave_up():
+                self._undo_locked(undo)
+                raise Cancelled("the caller gave up on this put before it was stored")
             return [e.tier if e is not None and placement.held_locked(e) else "" for e in entries]
+
+    def _undo_locked(self, undo: _Undo) -> None:
+        """Take back what a put did that its caller gave up on: its pins, its session references,
+        the sessions it opened, and the blocks it added that nobody else has claimed meanwhile."""
+        placement = self.placement
+        for entry in undo.pins:
+            if placement.held_locked(entry) and entry.pins - entry.fanout_pins > 0:
+                placement.unpin_locked(entry)
+        for entry, session in undo.refs:
+            self.sessions.unref(entry, session)
+        for sid in undo.opened:
+            session = self.sessions.sessions.get(sid)
+            if session is not None and session.blocks == 0 and session.fanout is None:
+                self.sessions.close(session)
+        for entry in undo.added:
+            if placement.held_locked(entry) and entry.movable and not entry.sessions:
+                placement.drop_locked(entry, count=False)
 
     def _claim_locked(self, entry: BlockEntry, session: Session | None, pin: bool) -> None:
         """What a put asks beyond storing: the session that references the block, a pin."""

@@ -52,3 +52,37 @@ def test_unpin_cannot_release_a_fanouts_pins(agent_server: ThreadedServer) -> No
             kv.unpin("t", keys[:1])
         assert all(b.pins == 0 for b in admin.ListBlocks(pb.ListBlocksRequest(namespace="t")).blocks)
         assert kv.delete("t", keys) == 2  # nothing left holding them
+
+
+def put_requests(keys: list[bytes], session: str = "", pin: bool = False) -> list[pb.PutRequest]:
+    parents = [b"", *keys[:-1]]
+    return [
+        pb.PutRequest(namespace="t", key=k, parent=p, data=os.urandom(BLOCK), session=session, pin=pin)
+        for k, p in zip(keys, parents, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("how", ["deadline", "cancel"])
+def test_a_put_its_client_gave_up_on_leaves_nothing(server: ThreadedServer, how: str) -> None:
+    """The Put's blocks have all arrived, but its worker waits (here: on the store's lock, held by
+    the test) until the client's deadline passed or it cancelled: nothing may be stored, pinned
+    or opened for it afterwards."""
+    store = server.store
+    with grpc.insecure_channel(server.address) as channel, Client(server.address) as kv:
+        kvs = pb_grpc.KVStoreStub(channel)
+        keys = kv.keys_for("t", range(4 * 3))
+        with store.lock:
+            if how == "deadline":
+                with pytest.raises(grpc.RpcError) as err:
+                    kvs.Put(iter(put_requests(keys, "s", pin=True)), timeout=0.5)
+                assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            else:
+                call = kvs.Put.future(iter(put_requests(keys, "s", pin=True)))
+                time.sleep(0.5)  # the stream is sent; the worker waits on the lock
+                call.cancel()
+                assert call.cancelled()
+            time.sleep(0.5)  # for the server to hear of it: one that commits first has stored the put
+        time.sleep(1.0)  # the worker gets the lock, and must not store the blocks now
+        assert len(store.index) == 0 and "s" not in store.sessions.sessions
+        assert all(t.used == 0 for t in store.tiers) and sum(store.placement.pinned_blocks.values()) == 0
+        assert kv.put("t", keys, [os.urandom(BLOCK) for _ in keys]) == ["hbm"] * 3  # and it still works

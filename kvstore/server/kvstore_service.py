@@ -4,6 +4,7 @@ the loop never waits on the store's lock or on a copy."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 
 import grpc
@@ -37,7 +38,18 @@ class KVStoreService(pb_grpc.KVStoreServicer):
                 block.namespace, block.key, block.parent, block.meta, len(as_buffer(block.data)), len(blocks)
             )  # fail fast, before the stream ends
             blocks.append(block)
-        tiers = await asyncio.to_thread(self.store.put, blocks)
+        # The store's put runs on in its worker thread even when this task is cancelled (the
+        # client cancelled, or its deadline passed): it asks `gave_up` as it goes and takes back
+        # what it did, so a Put nobody waits for stores nothing.
+        gave_up = threading.Event()
+        context.add_done_callback(lambda _: gave_up.set())
+        if context.cancelled() or context.done():
+            return pb.PutResponse()
+        try:
+            tiers = await asyncio.to_thread(self.store.put, blocks, gave_up.is_set)
+        except asyncio.CancelledError:
+            gave_up.set()
+            raise
         return pb.PutResponse(
             tiers=tiers, bytes=sum(len(b.data) for b, t in zip(blocks, tiers, strict=True) if t)
         )
