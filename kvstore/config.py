@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from kvstore.hashing import HASHES, Namespace
 from kvstore.policy.agent import AgentConfig
 from kvstore.policy.ttl import TTLConfig
+from kvstore.validation import Limits
 
 DEFAULT_PORT = 50551
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
@@ -61,6 +62,26 @@ class SharedMemoryConfig(BaseModel):
     lease_ttl_s: float = Field(
         30.0, gt=0, le=3600, description="a reserved or acquired slot is taken back after this long"
     )
+
+
+class LimitsConfig(BaseModel):
+    """What one call may ask: bounds on the memory and work one request can cost the server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_put_bytes: ByteSize = Field(
+        ByteSize(256 * 2**20), ge=1, description="block bytes one Put stream or Reserve may carry"
+    )
+    max_get_bytes: ByteSize = Field(
+        ByteSize(256 * 2**20), ge=1, description="block bytes one Get or Acquire may copy out"
+    )
+    max_keys_per_call: int = Field(65536, ge=1, description="keys or blocks one call may name")
+    max_lookup_tokens: int = Field(1 << 20, ge=1, description="tokens one Lookup may hash")
+
+    def to_limits(self) -> Limits:
+        return Limits(
+            int(self.max_put_bytes), int(self.max_get_bytes), self.max_keys_per_call, self.max_lookup_tokens
+        )
 
 
 class NamespaceConfig(BaseModel):
@@ -126,6 +147,7 @@ class Settings(BaseSettings):
     shared_memory: SharedMemoryConfig = SharedMemoryConfig()
     agent: AgentConfig = AgentConfig()
     ttl: TTLConfig = TTLConfig()
+    limits: LimitsConfig = LimitsConfig()
     namespaces: list[NamespaceConfig] = Field(default_factory=_default_namespaces)
 
     @field_validator("policy")

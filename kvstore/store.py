@@ -28,7 +28,7 @@ from kvstore.placement import Moved, Placement
 from kvstore.sessions import Session
 from kvstore.sessions.actions import SessionActions
 from kvstore.tiers.base import as_buffer
-from kvstore.validation import Checks
+from kvstore.validation import Checks, Limits
 
 
 @dataclass(slots=True)
@@ -77,11 +77,12 @@ class Store:
         actions: SessionActions,
         namespaces: Iterable[Namespace],
         promote_on_get: bool = True,
+        limits: Limits | None = None,
     ) -> None:
         self.placement = placement
         self.actions = actions
         self.namespaces = {ns.name: ns for ns in namespaces}
-        self.check = Checks(self.namespaces)
+        self.check = Checks(self.namespaces, limits)
         self.promote_on_get = promote_on_get
         self.lock = placement.lock
         self.tiers, self.tier_by_name = placement.tiers, placement.tier_by_name
@@ -111,6 +112,7 @@ class Store:
         before each block and, last, under the lock that commits the answer; once it says yes,
         what this call stored, pinned, referenced or opened is taken back and `Cancelled` raised,
         so a Put nobody waits for leaves nothing behind."""
+        self.check.count(len(blocks), "blocks")
         for i, block in enumerate(blocks):
             self.check.block(
                 block.namespace, block.key, block.parent, block.meta, len(as_buffer(block.data)), i
@@ -270,10 +272,13 @@ class Store:
             for key in keys:
                 entry = blocks.get(key)
                 found.append(entry)
+                if entry is None and stop_at_miss:
+                    break
+            # What would be copied out, repeats included (blocks held in their slots cost nothing).
+            self.check.get_bytes(sum(e.size for e in found if e is not None and e.tier not in hold))
+            for entry in found:
                 if entry is not None:
                     entry.readers += 1  # nothing frees or moves it while it is read
-                elif stop_at_miss:
-                    break
         out: list[Read | None] = []
         for key, entry in zip(keys, found, strict=False):
             if entry is not None and entry.tier in hold:

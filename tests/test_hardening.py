@@ -86,3 +86,56 @@ def test_a_put_its_client_gave_up_on_leaves_nothing(server: ThreadedServer, how:
         assert len(store.index) == 0 and "s" not in store.sessions.sessions
         assert all(t.used == 0 for t in store.tiers) and sum(store.placement.pinned_blocks.values()) == 0
         assert kv.put("t", keys, [os.urandom(BLOCK) for _ in keys]) == ["hbm"] * 3  # and it still works
+
+
+def test_requests_are_bounded(tmp_path) -> None:
+    """A Put stream, a Get and a Lookup cannot make the server hold more than the limits: an
+    endless Put stream is cut off, a Get repeating one key or naming too many, a Lookup of too many
+    tokens are refused with the limit to change in the message, and nothing is stored."""
+    srv = ThreadedServer(
+        make_settings(tmp_path / "data", limits={"max_put_bytes": 8 * BLOCK, "max_get_bytes": 8 * BLOCK})
+    )
+    try:
+        with grpc.insecure_channel(srv.address) as channel, Client(srv.address) as kv:
+            kvs = pb_grpc.KVStoreStub(channel)
+            keys = kv.keys_for("t", range(4 * 40))
+
+            def endless():  # a client that never closes its stream
+                for i in range(10**9):
+                    yield pb.PutRequest(namespace="t", key=keys[i % 40], data=bytes(BLOCK))
+
+            with pytest.raises(grpc.RpcError) as err:
+                kvs.Put(endless(), timeout=20)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "limits.max_put_bytes" in err.value.details()
+            assert len(srv.store.index) == 0
+            kv.put("t", keys[:1], [bytes(BLOCK)])
+            with pytest.raises(grpc.RpcError) as err:
+                list(kvs.Get(pb.GetRequest(namespace="t", keys=[keys[0]] * 1000), timeout=20))
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "limits.max_get_bytes" in err.value.details()
+            assert len(srv.store.index) == 1
+    finally:
+        srv.stop()
+
+
+def test_keys_and_tokens_per_call_are_bounded_by_default(server: ThreadedServer) -> None:
+    """Too many keys (Lookup, Delete, Pin, BindChain...) or tokens in one call are refused before any
+    work is done, naming the limit to raise."""
+    with grpc.insecure_channel(server.address) as channel:
+        kvs = pb_grpc.KVStoreStub(channel)
+        too_many = [bytes(16)] * 70_000  # over the default limits.max_keys_per_call
+        for call, request in [
+            (kvs.Lookup, pb.LookupRequest),
+            (kvs.Delete, pb.DeleteRequest),
+            (kvs.Pin, pb.PinRequest),
+        ]:
+            with pytest.raises(grpc.RpcError) as err:
+                call(request(namespace="t", keys=too_many), timeout=20)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, call
+            assert "limits.max_keys_per_call" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:  # over the default limits.max_lookup_tokens
+            kvs.Lookup(pb.LookupRequest(namespace="t", tokens=range(2_000_000)), timeout=20)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "limits.max_lookup_tokens" in err.value.details()
+        assert server.store.lookups == 0

@@ -30,13 +30,18 @@ class KVStoreService(pb_grpc.KVStoreServicer):
         self, request_iterator: AsyncIterator[pb.PutRequest], context: grpc.aio.ServicerContext
     ) -> pb.PutResponse:
         blocks: list[PutBlock] = []
+        check, carried = self.store.check, 0
         async for req in request_iterator:
             block = PutBlock(
                 req.namespace, req.key, req.data, req.parent or None, req.meta, req.session or None, req.pin
             )
-            self.store.check.block(
+            # Fail fast, before the stream ends: a stream is buffered until it does, so it is bounded.
+            check.count(len(blocks) + 1, "blocks")
+            carried += len(block.data)
+            check.put_bytes(carried)
+            check.block(
                 block.namespace, block.key, block.parent, block.meta, len(as_buffer(block.data)), len(blocks)
-            )  # fail fast, before the stream ends
+            )
             blocks.append(block)
         # The store's put runs on in its worker thread even when this task is cancelled (the
         # client cancelled, or its deadline passed): it asks `gave_up` as it goes and takes back
@@ -77,6 +82,9 @@ class KVStoreService(pb_grpc.KVStoreServicer):
     async def Lookup(self, request: pb.LookupRequest, context: grpc.aio.ServicerContext) -> pb.LookupResponse:
         if request.keys and request.tokens:
             raise InvalidArgument("give either keys or tokens, not both")
+
+        self.store.check.tokens(len(request.tokens))  # before any hashing: bounded work per call
+        self.store.check.count(len(request.keys))
 
         def lookup() -> tuple[list[bytes], PrefixMatch]:
             keys = list(request.keys)
