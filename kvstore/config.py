@@ -84,6 +84,19 @@ class LimitsConfig(BaseModel):
         )
 
 
+class SessionsConfig(BaseModel):
+    """How many sessions may be open, and how long one may sit idle before it is closed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    idle_ttl_s: float = Field(
+        4 * 3600.0,
+        gt=0,
+        description="close a session no hint or data-path call named for this long (its blocks stay)",
+    )
+    max_open: int = Field(100_000, ge=1, description="open sessions at most; more is RESOURCE_EXHAUSTED")
+
+
 class NamespaceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -148,6 +161,7 @@ class Settings(BaseSettings):
     agent: AgentConfig = AgentConfig()
     ttl: TTLConfig = TTLConfig()
     limits: LimitsConfig = LimitsConfig()
+    sessions: SessionsConfig = SessionsConfig()
     namespaces: list[NamespaceConfig] = Field(default_factory=_default_namespaces)
 
     @field_validator("policy")

@@ -17,10 +17,10 @@ from kvstore.errors import FailedPrecondition, InvalidArgument, NotFound
 from kvstore.sessions import Fanout, Session, ToolCall
 from kvstore.sessions.returns import AwayKind
 from kvstore.store import Store
+from kvstore.validation import MAX_ID
 
 MAX_DURATION_S = 7 * 86400.0
 MAX_FANOUT = 100_000
-MAX_ID = 256
 
 
 @dataclass(slots=True)
@@ -56,6 +56,7 @@ class Hints:
         self.registry = store.sessions
 
     def _plan_locked(self, session: Session, event: str) -> None:
+        session.seen = self.store.clock.now()
         self.registry.count_hint(event)
         self.store.actions.queue(self.store.policy.on_session(session, event))
 
@@ -64,6 +65,7 @@ class Hints:
         session = self.registry.sessions.get(session_id)
         if session is None:
             raise NotFound(f"session {session_id!r} is not open; call OpenSession first")
+        session.seen = self.store.clock.now()
         return session
 
     def open_session(self, session_id: str, namespace: str) -> Session:
@@ -75,6 +77,7 @@ class Hints:
                 raise FailedPrecondition(
                     f"session {session_id!r} is already open in namespace {existing.namespace!r}"
                 )
+            self.registry.check_room([session_id])
             tenant = self.store.namespaces[namespace].tenant
             session = self.registry.open(session_id, namespace, self.store.clock.now(), tenant)
             self.registry.count_hint("open")
@@ -83,11 +86,23 @@ class Hints:
     def close_session(self, session_id: str) -> Session:
         with self.store.lock:
             session = self.session(session_id)
-            if session.fanout is not None:
-                self.store.actions.release_fanout_locked(session, session.fanout.fanout_id)
-            self._plan_locked(session, "close")
-            self.registry.close(session)
+            self._close_locked(session)
             return session
+
+    def _close_locked(self, session: Session) -> None:
+        if session.fanout is not None:
+            self.store.actions.release_fanout_locked(session, session.fanout.fanout_id)
+        self._plan_locked(session, "close")
+        self.registry.close(session)
+
+    def expire_idle(self, idle_s: float) -> int:
+        """Close the sessions idle for more than `idle_s` (an agent that went away without closing
+        them): their plans go, their fan-outs release, their blocks stay. Returns how many."""
+        with self.store.lock:
+            idle = self.registry.idle(self.store.clock.now(), idle_s)
+            for session in idle:
+                self._close_locked(session)
+            return len(idle)
 
     def bind(self, session_id: str, namespace: str, keys: list[bytes]) -> Session:
         """Attach the stored part of a chain to a session; keys not stored are ignored."""

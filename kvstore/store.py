@@ -117,9 +117,11 @@ class Store:
             self.check.block(
                 block.namespace, block.key, block.parent, block.meta, len(as_buffer(block.data)), i
             )
+            self.check.session(block.session)
         placement = self.placement
         with self.lock:
             self._check_room_locked(blocks)
+            self.sessions.check_room(b.session for b in blocks if b.session)
             new = {(b.namespace, b.key): b for b in blocks if self.index.get(b.namespace, b.key) is None}
         if gave_up is not None and gave_up():
             raise Cancelled("the caller gave up on this put before it was stored")
@@ -265,8 +267,11 @@ class Store:
         copied out without the lock. Counts hits and misses, and may promote what was read."""
         self.check.namespace(namespace)
         self.check.keys(keys)
+        self.check.session(session)
         placement = self.placement
         with self.lock:
+            if session:
+                self.sessions.check_room([session])
             blocks = self.index.blocks(namespace)
             found: list[BlockEntry | None] = []
             for key in keys:
@@ -334,9 +339,12 @@ class Store:
         not stored."""
         self.check.namespace(namespace)
         self.check.keys(keys)
+        self.check.session(session)
         placement, top = self.placement, self.tiers[0].name
         result = Promotion({}, 0)
         with self.lock:
+            if session:
+                self.sessions.check_room([session])
             now = self.clock.now()
             active = self.active_session_locked(session, namespace, now) if session else None
             blocks, ref = self.index.blocks(namespace), self.sessions.ref
@@ -370,7 +378,10 @@ class Store:
         references exactly that prefix; the blocks it puts next join it."""
         self.check.namespace(namespace)
         self.check.keys(keys)
+        self.check.session(session)
         with self.lock:
+            if session:
+                self.sessions.check_room([session])
             match = self.index.longest_prefix(namespace, keys)
             self.lookups += 1
             self.lookup_hit_blocks += match.blocks

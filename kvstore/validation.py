@@ -14,6 +14,7 @@ from kvstore.errors import InvalidArgument, NotFound, ResourceExhausted
 from kvstore.hashing import Namespace
 
 MAX_META_BYTES = 4096
+MAX_ID = 256  # characters of a session, call or fan-out id (hints and the data path alike)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,12 @@ class Checks:
                 f"get would copy out {nbytes} bytes of blocks; at most {self.limits.max_get_bytes} "
                 "(limits.max_get_bytes): ask for fewer keys per call (and each key once)"
             )
+
+    @staticmethod
+    def session(session_id: str | None) -> None:
+        """A session id named on the data path: as long as hints accept, so it can be closed."""
+        if session_id and len(session_id) > MAX_ID:
+            raise InvalidArgument(f"session id is {len(session_id)} characters; at most {MAX_ID}")
 
     def keys(self, keys: Sequence[bytes]) -> None:
         self.count(len(keys))

@@ -139,3 +139,52 @@ def test_keys_and_tokens_per_call_are_bounded_by_default(server: ThreadedServer)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "limits.max_lookup_tokens" in err.value.details()
         assert server.store.lookups == 0
+
+
+def test_data_path_session_ids_are_length_checked(server: ThreadedServer) -> None:
+    """A session id longer than hints accept is refused on the data path too (it could never be
+    closed), before anything is stored or opened."""
+    long = "s" * 100_000
+    with grpc.insecure_channel(server.address) as channel, Client(server.address) as kv:
+        kvs = pb_grpc.KVStoreStub(channel)
+        keys = kv.keys_for("t", range(4 * 2))
+        calls = [
+            lambda: kvs.Put(iter(put_requests(keys, long))),
+            lambda: list(kvs.Get(pb.GetRequest(namespace="t", keys=keys, session=long))),
+            lambda: kvs.Lookup(pb.LookupRequest(namespace="t", keys=keys, session=long)),
+        ]
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "at most 256" in err.value.details() and len(err.value.details()) < 1000
+    assert len(server.store.index) == 0 and not server.store.sessions.sessions
+
+
+def test_idle_sessions_expire_and_open_sessions_are_capped(tmp_path) -> None:
+    """Sessions idle for sessions.idle_ttl_s are closed (their plans go with them, their blocks
+    stay); past sessions.max_open, opening another is RESOURCE_EXHAUSTED and changes nothing."""
+    settings = make_settings(tmp_path / "data", policy="agent", sessions={"idle_ttl_s": 1.0, "max_open": 2})
+    srv = ThreadedServer(settings)
+    try:
+        with grpc.insecure_channel(srv.address) as channel, Client(srv.address) as kv:
+            hints, admin = pb_grpc.AgentHintsStub(channel), pb_grpc.AdminStub(channel)
+            keys = kv.keys_for("t", range(4 * 2))
+            hints.OpenSession(pb.OpenSessionRequest(session="a", namespace="t"))
+            kv.put("t", keys, [os.urandom(BLOCK) for _ in keys], session="b")
+            hints.BeginToolCall(pb.BeginToolCallRequest(session="a", tool_name="sleep", expected_s=6 * 86400))
+            with pytest.raises(grpc.RpcError) as err:
+                hints.OpenSession(pb.OpenSessionRequest(session="c", namespace="t"))
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "sessions.max_open" in err.value.details()
+            more = kv.keys_for("t", range(100, 100 + 4 * 2))
+            with pytest.raises(grpc.RpcError) as err:
+                pb_grpc.KVStoreStub(channel).Put(iter(put_requests(more, "c")))
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert len(srv.store.index) == 2
+            assert srv.store.plans.pending > 0  # the tool call's plans
+            assert wait_until(lambda: not admin.ListSessions(pb.ListSessionsRequest()).sessions, 10)
+            assert srv.store.plans.pending == 0 and len(srv.store.index) == 2
+            hints.OpenSession(pb.OpenSessionRequest(session="c", namespace="t"))  # room again
+    finally:
+        srv.stop()

@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from kvstore import persistence
 from kvstore.build import build_store
 from kvstore.config import Settings
+from kvstore.hints import Hints
 from kvstore.server.admin_service import AdminService
 from kvstore.server.hint_worker import HintWorker
 from kvstore.server.hints_service import AgentHintsService
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAMES = [pb.DESCRIPTOR.services_by_name[n].full_name for n in ("KVStore", "AgentHints", "Admin")]
 SAVE_EVERY_S = 10.0  # learned return times are written at most this often (and at shutdown)
+EXPIRE_EVERY_S = 30.0  # idle sessions are looked for this often (or 4 times per sessions.idle_ttl_s)
 
 
 def grpc_options(settings: Settings) -> list[tuple[str, int]]:
@@ -59,6 +61,7 @@ class KVStoreServer:
         self._mover = threading.Thread(target=self._run_mover, name="kvstore-mover", daemon=True)
         self._stop = threading.Event()
         self._saver: asyncio.Task[None] | None = None
+        self._expirer: asyncio.Task[None] | None = None
         self._stop_metrics: Callable[[], None] | None = None
 
     @property
@@ -90,6 +93,7 @@ class KVStoreServer:
             self._stop_metrics = serve_metrics(self.store, s.host, s.metrics_port, self.leases)
         self._mover.start()
         self._saver = asyncio.create_task(self._save_learned())
+        self._expirer = asyncio.create_task(self._expire_sessions())
         for tier in self.store.tiers:
             if tier.segment is not None:
                 threading.Thread(target=tier.segment.prefault, name="kvstore-prefault", daemon=True).start()
@@ -124,6 +128,21 @@ class KVStoreServer:
             await asyncio.sleep(SAVE_EVERY_S)
             await asyncio.to_thread(self._save_learned_now)
 
+    async def _expire_sessions(self) -> None:
+        """Close sessions idle past sessions.idle_ttl_s: an agent that died or forgot CloseSession
+        would otherwise hold its session, its references and its plans forever."""
+        idle_s = self.settings.sessions.idle_ttl_s
+        hints = Hints(self.store)
+        while True:
+            await asyncio.sleep(min(EXPIRE_EVERY_S, idle_s / 4))
+            try:
+                closed = await asyncio.to_thread(hints.expire_idle, idle_s)
+            except Exception:  # a failed pass must not stop expiry for good
+                log.exception("expiring idle sessions failed")
+                continue
+            if closed:
+                log.info("closed %d session(s) idle for over %.0f s", closed, idle_s)
+
     def _save_learned_now(self) -> None:
         """Snapshot what was learned under the lock; write it without."""
         returns = self.store.sessions.returns
@@ -144,10 +163,11 @@ class KVStoreServer:
         self.store.plans.wake()
         if self._mover.is_alive():
             await asyncio.to_thread(self._mover.join)  # lets a running move finish before the flush
-        if self._saver is not None:
-            self._saver.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._saver
+        for task in (self._saver, self._expirer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._stop_metrics is not None:
             self._stop_metrics()
         if self._hint_worker is not None:

@@ -42,6 +42,7 @@ class KVStoreService(pb_grpc.KVStoreServicer):
             check.block(
                 block.namespace, block.key, block.parent, block.meta, len(as_buffer(block.data)), len(blocks)
             )
+            check.session(block.session)
             blocks.append(block)
         # The store's put runs on in its worker thread even when this task is cancelled (the
         # client cancelled, or its deadline passed): it asks `gave_up` as it goes and takes back
