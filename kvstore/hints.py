@@ -13,7 +13,7 @@ import math
 import uuid
 from dataclasses import dataclass
 
-from kvstore.errors import FailedPrecondition, InvalidArgument, NotFound
+from kvstore.errors import FailedPrecondition, InvalidArgument, NotFound, shorten
 from kvstore.sessions import Fanout, Session, ToolCall
 from kvstore.sessions.returns import AwayKind
 from kvstore.store import Store
@@ -111,7 +111,8 @@ class Hints:
             session = self.session(session_id)
             if namespace != session.namespace:
                 raise InvalidArgument(
-                    f"session {session_id!r} lives in namespace {session.namespace!r}, not {namespace!r}"
+                    f"session {session_id!r} lives in namespace {session.namespace!r}, "
+                    f"not {shorten(namespace)}"
                 )
             for key in keys:
                 entry = self.store.index.get(namespace, key)

@@ -21,7 +21,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvstore.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from kvstore.errors import (
+    Cancelled,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    shorten,
+)
 from kvstore.hashing import Namespace
 from kvstore.index import BlockEntry, PrefixMatch
 from kvstore.placement import Moved, Placement
@@ -100,7 +107,7 @@ class Store:
         entries = [blocks.get(key) for key in keys]
         if None in entries:
             missing = keys[entries.index(None)]
-            raise NotFound(f"block {missing.hex()} is not stored in namespace {namespace!r}")
+            raise NotFound(f"block {missing.hex()} is not stored in namespace {shorten(namespace)}")
         return entries  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ writing
@@ -461,7 +468,7 @@ class Store:
         else:
             if tier not in self.tier_by_name:
                 raise InvalidArgument(
-                    f"tier {tier!r} is not one of this store's tiers: {', '.join(self.tier_by_name)}"
+                    f"tier {shorten(tier)} is not one of this store's tiers: {', '.join(self.tier_by_name)}"
                 )
             if nbytes <= 0:
                 raise InvalidArgument("bytes must be > 0 when evicting from a tier")

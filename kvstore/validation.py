@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from kvstore import hashing
-from kvstore.errors import InvalidArgument, NotFound, ResourceExhausted
+from kvstore.errors import InvalidArgument, NotFound, ResourceExhausted, shorten
 from kvstore.hashing import Namespace
 
 MAX_META_BYTES = 4096
@@ -49,7 +49,7 @@ class Checks:
         if ns is None:
             known = ", ".join(sorted(self.namespaces)) or "none"
             raise NotFound(
-                f"namespace {name!r} is not configured (configured: {known}); add it under "
+                f"namespace {shorten(name)} is not configured (configured: {known}); add it under "
                 "`namespaces:` in the server config"
             )
         return ns

@@ -3,6 +3,7 @@ puts, bounded requests, session expiry and caps, malformed input, config errors,
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -188,3 +189,62 @@ def test_idle_sessions_expire_and_open_sessions_are_capped(tmp_path) -> None:
             hints.OpenSession(pb.OpenSessionRequest(session="c", namespace="t"))  # room again
     finally:
         srv.stop()
+
+
+GARBAGE = b"\xff\xff\xff\x0f\x01"  # not a protobuf message: a truncated varint field
+
+
+def test_malformed_requests_are_invalid_argument_with_one_log_line(
+    server: ThreadedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    methods = [
+        ("unary_unary", "/kvstore.v1.KVStore/Lookup"),
+        ("unary_unary", "/kvstore.v1.Admin/Stats"),
+        ("unary_unary", "/kvstore.v1.AgentHints/OpenSession"),
+        ("unary_stream", "/kvstore.v1.KVStore/Get"),
+        ("stream_unary", "/kvstore.v1.KVStore/Put"),
+    ]
+    caplog.set_level(logging.INFO)
+    with grpc.insecure_channel(server.address) as channel:
+        for kind, method in methods:
+            call = getattr(channel, kind)(method)  # no serializers: raw bytes on the wire
+            caplog.clear()
+            with pytest.raises(grpc.RpcError) as err:
+                if kind == "stream_unary":
+                    call(iter([GARBAGE]))
+                elif kind == "unary_stream":
+                    list(call(GARBAGE))
+                else:
+                    call(GARBAGE)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+            assert "malformed" in err.value.details()
+            noisy = [r for r in caplog.records if r.levelno >= logging.WARNING]
+            assert len(noisy) <= 1 and all(r.exc_info is None for r in noisy), method
+            assert all("\n" not in r.getMessage() for r in noisy)
+
+
+def test_echoed_input_is_shortened(server: ThreadedServer) -> None:
+    """A huge namespace or tier name is still NOT_FOUND / INVALID_ARGUMENT (not RESOURCE_EXHAUSTED
+    from a status message over the metadata limit): messages echo only the start of the input."""
+    huge = "n" * 20_000
+    with grpc.insecure_channel(server.address) as channel:
+        kvs, admin = pb_grpc.KVStoreStub(channel), pb_grpc.AdminStub(channel)
+        hints = pb_grpc.AgentHintsStub(channel)
+        hints.OpenSession(pb.OpenSessionRequest(session="s", namespace="t"))
+        cases = [
+            (grpc.StatusCode.NOT_FOUND, lambda: kvs.Lookup(pb.LookupRequest(namespace=huge))),
+            (
+                grpc.StatusCode.NOT_FOUND,
+                lambda: kvs.DescribeNamespace(pb.DescribeNamespaceRequest(namespace=huge)),
+            ),
+            (grpc.StatusCode.INVALID_ARGUMENT, lambda: admin.Evict(pb.EvictRequest(tier=huge, bytes=1))),
+            (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                lambda: hints.BindChain(pb.BindChainRequest(session="s", namespace=huge)),
+            ),
+        ]
+        for code, call in cases:
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == code
+            assert len(err.value.details()) < 1000 and "20000 characters" in err.value.details()

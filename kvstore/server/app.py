@@ -31,6 +31,7 @@ from kvstore.server.admin_service import AdminService
 from kvstore.server.hint_worker import HintWorker
 from kvstore.server.hints_service import AgentHintsService
 from kvstore.server.kvstore_service import KVStoreService
+from kvstore.server.malformed import MalformedRequests
 from kvstore.server.metrics import serve_metrics
 from kvstore.shm.leases import Leases
 from kvstore.store import Store
@@ -70,7 +71,7 @@ class KVStoreServer:
 
     async def start(self) -> None:
         s = self.settings
-        server = grpc.aio.server(options=grpc_options(s))
+        server = grpc.aio.server(options=grpc_options(s), interceptors=[MalformedRequests()])
         pb_grpc.add_KVStoreServicer_to_server(KVStoreService(self.store, self.leases), server)
         pb_grpc.add_AdminServicer_to_server(AdminService(self.store, self.leases), server)
         self._hint_worker = HintWorker(asyncio.get_running_loop())
