@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import time
 
 import grpc
@@ -12,6 +14,7 @@ import pytest
 from conftest import BLOCK, ThreadedServer, make_settings
 from kvstore.sdk import Client
 
+from kvstore.config import load_settings
 from kvstore.errors import FailedPrecondition
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
@@ -248,3 +251,65 @@ def test_echoed_input_is_shortened(server: ThreadedServer) -> None:
                 call()
             assert err.value.code() == code
             assert len(err.value.details()) < 1000 and "20000 characters" in err.value.details()
+
+
+def test_serve_refuses_bad_configs_in_one_line_naming_the_field(tmp_path) -> None:
+    """Each bad setting: exit status 2 and one line on stderr naming the field, no traceback."""
+    big_block = tmp_path / "big.yaml"
+    big_block.write_text(
+        "hbm: {enabled: 'off'}\ndram: {capacity: 1MiB}\ndisk: {capacity: 1MiB}\n"
+        "namespaces:\n  - {name: a, model: m, block_bytes: 2MiB}\n"
+    )
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("namespaces: []\n")
+    cases = [
+        (["--hbm-device", "cuda:7"], {}, "hbm.device"),
+        (["--hbm-device", "tpu"], {}, "hbm.device"),
+        ([], {"KVSTORE_HBM": "{bad json"}, "KVSTORE_HBM"),
+        (["--host", "no.such.host.invalid"], {}, "host"),
+        (["--dram", "100"], {}, "dram.capacity"),
+        (["--dram", "100TiB"], {}, "dram.capacity"),
+        (["--config", str(big_block)], {}, "namespaces.0.block_bytes"),
+        (["--config", str(empty)], {}, "namespaces"),
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KVSTORE_")}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kvstore.cli",
+                "serve",
+                "--port",
+                "0",
+                "--data-dir",
+                str(tmp_path / "d"),
+                *args,
+            ],
+            env={**env, **extra},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args, extra, _ in cases
+    ]
+    for proc, (args, extra, field) in zip(procs, cases, strict=True):
+        try:
+            _, err = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert proc.returncode == 2, (args, extra, err)
+        assert len(lines) == 1 and field in lines[0] and "Traceback" not in err, (args, extra, err)
+
+
+def test_a_mistyped_kvstore_variable_is_warned_about(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("KVSTORE_POLCY", "agent")
+    monkeypatch.setenv("KVSTORE_ADDRESS", "127.0.0.1:1")  # the SDK's: not the server's to judge
+    caplog.set_level(logging.WARNING)
+    load_settings()
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "KVSTORE_POLCY" in warned and "KVSTORE_POLICY" in warned
+    assert "KVSTORE_ADDRESS" not in warned

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Callable
 
@@ -25,7 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from kvstore import persistence
 from kvstore.build import build_store
-from kvstore.config import Settings
+from kvstore.config import ConfigError, Settings
 from kvstore.hints import Hints
 from kvstore.server.admin_service import AdminService
 from kvstore.server.hint_worker import HintWorker
@@ -71,6 +72,12 @@ class KVStoreServer:
 
     async def start(self) -> None:
         s = self.settings
+        try:  # before gRPC, which would print its own lines about a name it cannot resolve
+            socket.getaddrinfo(s.host, s.port)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise ConfigError(
+                f"host: cannot resolve {s.host!r} ({exc}); give a name or address of this machine"
+            ) from None
         server = grpc.aio.server(options=grpc_options(s), interceptors=[MalformedRequests()])
         pb_grpc.add_KVStoreServicer_to_server(KVStoreService(self.store, self.leases), server)
         pb_grpc.add_AdminServicer_to_server(AdminService(self.store, self.leases), server)
@@ -80,7 +87,12 @@ class KVStoreServer:
         reflection.enable_server_reflection(
             [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
-        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        try:
+            self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        except RuntimeError:  # gRPC's "failed to bind": a host name that does not resolve
+            raise ConfigError(
+                f"host: cannot listen on {s.host}:{s.port}; is {s.host!r} a name or address of this machine?"
+            ) from None
         if self.port == 0:
             raise OSError(f"cannot listen on {s.host}:{s.port} (in use, or not an address of this host)")
         if s.unix_socket is not None:
@@ -188,7 +200,11 @@ class KVStoreServer:
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down cleanly."""
     server = KVStoreServer(settings)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        await asyncio.to_thread(server.store.close)  # shared segments go, not leak past exit
+        raise
     print(f"kvstore listening on {server.address}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
