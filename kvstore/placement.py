@@ -29,7 +29,7 @@ from kvstore.index import BlockEntry, Index
 from kvstore.mover import Copier, Links
 from kvstore.policy.base import Policy
 from kvstore.sessions import Session, SessionRegistry
-from kvstore.tiers.base import CorruptBlock, Tier
+from kvstore.tiers.base import CorruptBlock, Tier, WriteFailed
 
 
 @dataclass
@@ -192,6 +192,8 @@ class Placement:
                     if claimed:
                         entry.moving = False
                     return Moved.DONE if entry.tier == dst.name else Moved.BUSY
+                if not dst.writable:  # its writes fail (a full disk): no room there for now
+                    return Moved.NO_ROOM  # a claimed entry stays marked: the caller decides
                 staged = entry.staged(dst.name)
                 if entry.size <= dst.capacity and dst.allocate(staged):
                     entry.moving = True
@@ -213,6 +215,11 @@ class Placement:
                 if self.held_locked(entry):
                     self.drop_locked(entry)
             return Moved.GONE
+        except WriteFailed:
+            with self.lock:
+                dst.free(staged)
+                entry.moving = claimed  # a claimed victim stays ours: push_down drops it
+            return Moved.NO_ROOM
         except BaseException:
             with self.lock:
                 dst.free(staged)
@@ -234,7 +241,7 @@ class Placement:
         reserved slot, and only then is it indexed. Returns the stored entry (another writer's, if
         one stored the key meanwhile), or None when no tier can take it."""
         for level, tier in enumerate(self.tiers):
-            if entry.size > tier.capacity:
+            if entry.size > tier.capacity or not tier.writable:
                 continue
             while True:
                 with self.lock:
@@ -248,7 +255,13 @@ class Placement:
                     victim.moving = True
                 self.push_down(victim, level)
             if entry.tier:
-                self.copier.write(tier, entry, data)
+                try:
+                    self.copier.write(tier, entry, data)
+                except WriteFailed:  # its slot goes back; the next tier down may take it
+                    with self.lock:
+                        tier.free(entry)
+                        entry.tier = ""
+                    continue
                 with self.lock:
                     stored = self.index.get(entry.namespace, entry.key)
                     if stored is not None:  # another writer got there first

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -313,3 +316,65 @@ def test_a_mistyped_kvstore_variable_is_warned_about(
     warned = " ".join(r.getMessage() for r in caplog.records)
     assert "KVSTORE_POLCY" in warned and "KVSTORE_POLICY" in warned
     assert "KVSTORE_ADDRESS" not in warned
+
+
+@pytest.fixture
+def small_files() -> Iterator[Callable[[bool], None]]:
+    """Turn a file-size limit on and off for this process: every block file write then fails
+    (EFBIG, as a full or read-only disk fails them), without root or a special filesystem."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process
+
+    def limit(on: bool) -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100 if on else soft, hard))
+
+    try:
+        yield limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+
+
+def test_a_failing_disk_degrades_instead_of_stopping_everything(
+    tmp_path, small_files: Callable[[bool], None]
+) -> None:
+    """With disk writes failing: blocks on disk stay readable, puts keep landing in the memory
+    tiers (what room-making would have pushed to disk is dropped), no call is UNKNOWN, the disk's
+    accounting matches its blocks, Admin Health says DEGRADED; once writes work again, it recovers."""
+    srv = ThreadedServer(
+        make_settings(
+            tmp_path / "data",
+            hbm={"capacity": 4 * BLOCK},
+            dram={"capacity": 4 * BLOCK},
+            shared_memory={"enabled": "off"},
+        )
+    )
+    store = srv.store
+    disk = store.tier_by_name["disk"]
+    disk.retry_after_s = 0.2  # how soon a write is tried again after one failed
+    try:
+        with grpc.insecure_channel(srv.address) as channel, Client(srv.address) as kv:
+            admin = pb_grpc.AdminStub(channel)
+            keys = kv.keys_for("t", range(4 * 24))
+            data = [os.urandom(BLOCK) for _ in keys]
+            assert kv.put("t", keys[:12], data[:12]) == ["disk"] * 4 + ["dram"] * 4 + ["hbm"] * 4
+            small_files(True)
+            tiers = kv.put("t", keys[12:20], data[12:20])  # pushes dram's blocks toward the disk
+            assert tiers == ["hbm"] * 4 + ["hbm"] * 4 or all(tiers), tiers
+            assert kv.get("t", keys[:4]) == data[:4]  # still read from disk (and promoted)
+            on_disk = [e for e in store.index.entries() if e.tier == "disk"]
+            assert disk.used == sum(e.size for e in on_disk)
+            assert not list(disk.root.glob("*/*/*.tmp"))
+            assert all(not e.moving for e in store.index.entries())
+            health = admin.Health(pb.HealthRequest())
+            assert health.status == "DEGRADED"
+            assert "writ" in next(t.detail for t in health.tiers if t.name == "disk")
+            assert admin.Evict(pb.EvictRequest(tier="hbm", bytes=BLOCK)).blocks >= 0  # no UNKNOWN
+            small_files(False)
+            time.sleep(0.3)
+            kv.put("t", keys[20:24], data[20:24])  # pushes blocks down: the disk takes them again
+            assert admin.Health(pb.HealthRequest()).status == "SERVING"
+            assert disk.used == sum(e.size for e in store.index.entries() if e.tier == "disk") > 0
+    finally:
+        small_files(False)
+        srv.stop()
