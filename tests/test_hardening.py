@@ -378,3 +378,27 @@ def test_a_failing_disk_degrades_instead_of_stopping_everything(
     finally:
         small_files(False)
         srv.stop()
+
+
+def test_a_block_file_under_another_keys_name_is_never_served(tmp_path) -> None:
+    """A disk file must name the key it is stored under: one copied or renamed over another block's
+    file is dropped on read (not served as that block) and on recovery (where it must not cost
+    the real block its file either)."""
+    settings = make_settings(tmp_path / "data", hbm={"enabled": "off"}, dram={"enabled": False})
+    srv = ThreadedServer(settings)
+    disk = srv.store.tier_by_name["disk"]
+    with Client(srv.address) as kv:
+        keys = kv.keys_for("t", range(4 * 3))
+        data = [os.urandom(BLOCK) for _ in keys]
+        assert kv.put("t", keys, data) == ["disk"] * 3
+        disk.path("t", keys[0]).write_bytes(disk.path("t", keys[1]).read_bytes())
+        assert kv.get("t", keys[:2]) == [None, data[1]]  # not data[1] served as keys[0]
+    srv.stop()
+    disk.path("t", keys[2]).write_bytes(disk.path("t", keys[1]).read_bytes())
+    srv = ThreadedServer(settings)
+    try:
+        with Client(srv.address) as kv:
+            assert kv.get("t", keys) == [None, data[1], None]
+        assert not srv.store.tier_by_name["disk"].path("t", keys[2]).exists()
+    finally:
+        srv.stop()

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kvstore.errors import shorten
 from kvstore.index import BlockEntry
 from kvstore.tiers.base import ByteBudgetTier, CorruptBlock, WriteFailed, as_buffer
 
@@ -103,7 +104,9 @@ class DiskTier(ByteBudgetTier):
             raw = path.read_bytes()
         except FileNotFoundError:
             raise CorruptBlock(f"{path} is gone") from None
-        _, _, _, _, _, payload = _parse(raw, path)
+        ns, key, _, _, _, payload = _parse(raw, path)
+        if ns != entry.namespace or key != entry.key:  # copied or renamed over this block's file
+            raise CorruptBlock(f"{path} holds block {key.hex()} of namespace {shorten(ns)}, not this one")
         if len(payload) != entry.size:
             raise CorruptBlock(f"{path}: payload is {len(payload)} bytes, index says {entry.size}")
         return payload
@@ -121,6 +124,10 @@ class DiskTier(ByteBudgetTier):
                 ns, key, parent, meta, _, payload = _parse(raw, path)
             except (CorruptBlock, OSError) as exc:
                 log.warning("dropping corrupt block file: %s", exc)
+                path.unlink(missing_ok=True)
+                continue
+            if path != self.path(ns, key):  # not where its key puts it: never index it as that key
+                log.warning("dropping block file %s: it holds block %s, named elsewhere", path, key.hex())
                 path.unlink(missing_ok=True)
                 continue
             yield BlockEntry(
