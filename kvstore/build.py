@@ -22,6 +22,7 @@ from kvstore.sessions import ReturnTimes, SessionRegistry
 from kvstore.sessions.actions import SessionActions
 from kvstore.store import Store
 from kvstore.tiers.base import Tier
+from kvstore.validation import Limits
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +41,20 @@ def compose(
     virtual_transfers: bool = False,
     promote_on_get: bool = True,
     io_workers: int = 2,
+    limits: Limits | None = None,
+    max_sessions: int = 0,
 ) -> Store:
     """A store over these tiers (fastest first) running this policy. The replay passes a virtual
     clock, counting tiers, fixed link speeds and `virtual_transfers`; the server, the defaults."""
     if not tiers:
         raise ValueError("a store needs at least one tier")
     links = links or Links()
-    view = StoreView(clock or RealClock(), tiers, SessionRegistry(returns or ReturnTimes()), links, Index())
+    sessions = SessionRegistry(returns or ReturnTimes(), max_sessions)
+    view = StoreView(clock or RealClock(), tiers, sessions, links, Index())
     chosen = make_policy(policy, view, agent, ttl, engine_owns_top)
     placement = Placement(view, chosen, Copier(links, io_workers))
     actions = SessionActions(placement, PlanQueue(), virtual_transfers)
-    return Store(placement, actions, namespaces, promote_on_get)
+    return Store(placement, actions, namespaces, promote_on_get, limits)
 
 
 def build_store(settings: Settings) -> Store:
@@ -68,6 +72,8 @@ def build_store(settings: Settings) -> Store:
         agent=agent,
         ttl=settings.ttl,
         promote_on_get=settings.promote_on_get,
+        limits=settings.limits.to_limits(),
+        max_sessions=settings.sessions.max_open,
     )
     recovered = recover(store)
     if recovered:

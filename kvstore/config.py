@@ -8,19 +8,29 @@ and disk under a data dir, an HBM tier only when CUDA is present.
 
 from __future__ import annotations
 
+import difflib
+import logging
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from kvstore.hashing import HASHES, Namespace
 from kvstore.policy.agent import AgentConfig
 from kvstore.policy.ttl import TTLConfig
+from kvstore.validation import Limits
 
 DEFAULT_PORT = 50551
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
+MIN_CAPACITY = 512  # a tier's allocator unit: a smaller tier rounds down to nothing
+# KVSTORE_* variables that are not server settings: the SDK's and clients' own.
+CLIENT_ENV = ("KVSTORE_ADDRESS", "KVSTORE_TOKEN", "KVSTORE_TLS")
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -33,21 +43,29 @@ class HbmConfig(BaseModel):
     # auto: on when CUDA is present. on: always (on the CPU standing in when there is no GPU).
     enabled: Literal["auto", "on", "off"] = "auto"
     device: str = Field("auto", description="'auto', 'cuda', 'cuda:N' or 'cpu' (a stand-in)")
-    capacity: ByteSize = Field(ByteSize(4 * 2**30), ge=1)
+    capacity: ByteSize = Field(ByteSize(4 * 2**30), ge=MIN_CAPACITY)
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v: str) -> str:
+        # Whether a CUDA device exists is checked when the tier is built (that needs torch).
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+            raise ValueError("must be 'auto', 'cuda', 'cuda:N' or 'cpu'")
+        return v
 
 
 class DramConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    capacity: ByteSize = Field(ByteSize(4 * 2**30), ge=1)
+    capacity: ByteSize = Field(ByteSize(4 * 2**30), ge=MIN_CAPACITY)
 
 
 class DiskConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    capacity: ByteSize = Field(ByteSize(32 * 2**30), ge=1)
+    capacity: ByteSize = Field(ByteSize(32 * 2**30), ge=MIN_CAPACITY)
     fsync: bool = Field(False, description="fsync every block file (survives power loss, not just crashes)")
 
 
@@ -61,6 +79,39 @@ class SharedMemoryConfig(BaseModel):
     lease_ttl_s: float = Field(
         30.0, gt=0, le=3600, description="a reserved or acquired slot is taken back after this long"
     )
+
+
+class LimitsConfig(BaseModel):
+    """What one call may ask: bounds on the memory and work one request can cost the server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_put_bytes: ByteSize = Field(
+        ByteSize(256 * 2**20), ge=1, description="block bytes one Put stream or Reserve may carry"
+    )
+    max_get_bytes: ByteSize = Field(
+        ByteSize(256 * 2**20), ge=1, description="block bytes one Get or Acquire may copy out"
+    )
+    max_keys_per_call: int = Field(65536, ge=1, description="keys or blocks one call may name")
+    max_lookup_tokens: int = Field(1 << 20, ge=1, description="tokens one Lookup may hash")
+
+    def to_limits(self) -> Limits:
+        return Limits(
+            int(self.max_put_bytes), int(self.max_get_bytes), self.max_keys_per_call, self.max_lookup_tokens
+        )
+
+
+class SessionsConfig(BaseModel):
+    """How many sessions may be open, and how long one may sit idle before it is closed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    idle_ttl_s: float = Field(
+        4 * 3600.0,
+        gt=0,
+        description="close a session no hint or data-path call named for this long (its blocks stay)",
+    )
+    max_open: int = Field(100_000, ge=1, description="open sessions at most; more is RESOURCE_EXHAUSTED")
 
 
 class NamespaceConfig(BaseModel):
@@ -171,6 +222,8 @@ class Settings(BaseSettings):
     shared_memory: SharedMemoryConfig = SharedMemoryConfig()
     agent: AgentConfig = AgentConfig()
     ttl: TTLConfig = TTLConfig()
+    limits: LimitsConfig = LimitsConfig()
+    sessions: SessionsConfig = SessionsConfig()
     namespaces: list[NamespaceConfig] = Field(default_factory=_default_namespaces)
     auth: AuthConfig = AuthConfig()
     tls: TlsConfig = TlsConfig()
@@ -192,6 +245,19 @@ class Settings(BaseSettings):
             raise ValueError(f"namespaces: duplicate name(s) {', '.join(dupes)}")
         if not (self.dram.enabled or self.disk.enabled or self.hbm.enabled != "off"):
             raise ValueError("every tier is disabled; enable at least one of hbm, dram, disk")
+        if not self.namespaces:
+            raise ValueError("namespaces: the list is empty; configure at least one namespace")
+        tiers = {
+            "hbm": int(self.hbm.capacity) if self.hbm.enabled != "off" else 0,
+            "dram": int(self.dram.capacity) if self.dram.enabled else 0,
+            "disk": int(self.disk.capacity) if self.disk.enabled else 0,
+        }
+        for i, ns in enumerate(self.namespaces):
+            if ns.block_bytes > max(tiers.values()):
+                raise ValueError(
+                    f"namespaces.{i}.block_bytes ({ns.block_bytes}) is larger than every tier "
+                    f"({', '.join(f'{t}={c}' for t, c in tiers.items() if c)}); no block could be stored"
+                )
         biggest = max((ns.block_bytes for ns in self.namespaces), default=0)
         if biggest + 4096 > self.max_message_bytes:
             raise ValueError(
@@ -221,13 +287,42 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def _format(exc: ValidationError, source: str, env: bool = False) -> str:
-    lines = [f"invalid configuration ({source}):"]
+    """One line (what `kvstore serve` prints): each bad field, what is wrong, what it got."""
+    problems = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
         if env and err["loc"]:
             field += f" (KVSTORE_{'__'.join(str(p) for p in err['loc']).upper()})"
-        lines.append(f"  {field}: {err['msg']} (got {err.get('input')!r})")
-    return "\n".join(lines)
+        got = repr(err.get("input"))
+        got = got if len(got) <= 80 else got[:80] + "…"
+        problems.append(f"{field}: {err['msg']} (got {got})")
+    return f"invalid configuration ({source}): " + "; ".join(problems)
+
+
+def unknown_env(environ: dict[str, str] | os._Environ[str]) -> list[str]:
+    """Warnings for KVSTORE_* variables that name no setting (a typo like KVSTORE_POLCY would
+    otherwise be ignored without a word). Nested ones (KVSTORE_DRAM__X) are refused by their
+    section; the SDK's and clients' variables are left alone."""
+    fields = {f"KVSTORE_{name.upper()}" for name in Settings.model_fields}
+    out = []
+    for var in sorted(environ):
+        top = var.upper().split("__")[0]
+        if not top.startswith("KVSTORE_") or top in fields or top.startswith(CLIENT_ENV):
+            continue
+        close = difflib.get_close_matches(top, sorted(fields), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        out.append(f"environment variable {var} is not a kvstore setting{hint}; it is ignored")
+    return out
+
+
+def _env_error(exc: SettingsError) -> ConfigError:
+    """pydantic-settings' error for a value it cannot parse (JSON of a nested field), by variable."""
+    match = re.search(r'field "([^"]+)"', str(exc))
+    var = f"KVSTORE_{match.group(1).upper()}" if match else "a KVSTORE_* variable"
+    return ConfigError(
+        f"invalid configuration (environment): {var}: not valid JSON for a nested setting; give JSON "
+        f'like \'{{"capacity": "1GiB"}}\', or set one field with {var}__FIELD'
+    )
 
 
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
@@ -246,13 +341,19 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
             raise ConfigError(
                 f"config file {path} must hold a mapping of settings, not {type(from_file).__name__}"
             )
+    for warning in unknown_env(os.environ):
+        log.warning("%s", warning)
     env_only = Settings.model_fields.keys() - flags.keys()
     try:
         env = Settings().model_dump(exclude_unset=True, include=set(env_only)) if env_only else {}
     except ValidationError as exc:
         raise ConfigError(_format(exc, "environment", env=True)) from None
+    except SettingsError as exc:
+        raise _env_error(exc) from None
     try:
         return Settings(**_merge(_merge(from_file, env), flags))
+    except SettingsError as exc:
+        raise _env_error(exc) from None
     except ValidationError as exc:
         raise ConfigError(
             _format(exc, str(config_file) if config_file else "flags and environment")

@@ -44,3 +44,21 @@ class PermissionDenied(KVStoreError):
     role does not reach (server/auth.py)."""
 
     code = "PERMISSION_DENIED"
+
+
+class Cancelled(KVStoreError):
+    """The caller gave up (cancelled, or its deadline passed) before the call was committed; what
+    it had done is taken back."""
+
+    code = "CANCELLED"
+
+
+def shorten(value: object, limit: int = 80) -> str:
+    """`value` as it is echoed in a message: its repr, cut to `limit` characters with its length
+    said. A message echoing a huge input whole would pass gRPC's metadata limit, which turns the
+    status into RESOURCE_EXHAUSTED (and floods logs)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value)} characters)" if isinstance(value, str | bytes) else ""
+    return f"{text[:limit]}…{size}"

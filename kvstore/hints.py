@@ -14,16 +14,16 @@ import math
 import uuid
 from dataclasses import dataclass
 
-from kvstore.errors import FailedPrecondition, InvalidArgument, NotFound
+from kvstore.errors import FailedPrecondition, InvalidArgument, NotFound, shorten
 from kvstore.sessions import Fanout, Session, ToolCall
 from kvstore.sessions.returns import AwayKind
 from kvstore.store import Store
+from kvstore.validation import MAX_ID
 
 log = logging.getLogger(__name__)
 
 MAX_DURATION_S = 7 * 86400.0
 MAX_FANOUT = 100_000
-MAX_ID = 256
 
 
 @dataclass(slots=True)
@@ -59,6 +59,7 @@ class Hints:
         self.registry = store.sessions
 
     def _plan_locked(self, session: Session, event: str) -> None:
+        session.seen = self.store.clock.now()
         self.registry.count_hint(event)
         log.debug(
             "session %s: %s",
@@ -73,6 +74,7 @@ class Hints:
         session = self.registry.sessions.get(session_id)
         if session is None:
             raise NotFound(f"session {session_id!r} is not open; call OpenSession first")
+        session.seen = self.store.clock.now()
         return session
 
     def open_session(self, session_id: str, namespace: str) -> Session:
@@ -84,6 +86,7 @@ class Hints:
                 raise FailedPrecondition(
                     f"session {session_id!r} is already open in namespace {existing.namespace!r}"
                 )
+            self.registry.check_room([session_id])
             tenant = self.store.namespaces[namespace].tenant
             session = self.registry.open(session_id, namespace, self.store.clock.now(), tenant)
             self.registry.count_hint("open")
@@ -92,11 +95,23 @@ class Hints:
     def close_session(self, session_id: str) -> Session:
         with self.store.lock:
             session = self.session(session_id)
-            if session.fanout is not None:
-                self.store.actions.release_fanout_locked(session, session.fanout.fanout_id)
-            self._plan_locked(session, "close")
-            self.registry.close(session)
+            self._close_locked(session)
             return session
+
+    def _close_locked(self, session: Session) -> None:
+        if session.fanout is not None:
+            self.store.actions.release_fanout_locked(session, session.fanout.fanout_id)
+        self._plan_locked(session, "close")
+        self.registry.close(session)
+
+    def expire_idle(self, idle_s: float) -> int:
+        """Close the sessions idle for more than `idle_s` (an agent that went away without closing
+        them): their plans go, their fan-outs release, their blocks stay. Returns how many."""
+        with self.store.lock:
+            idle = self.registry.idle(self.store.clock.now(), idle_s)
+            for session in idle:
+                self._close_locked(session)
+            return len(idle)
 
     def bind(self, session_id: str, namespace: str, keys: list[bytes]) -> Session:
         """Attach the stored part of a chain to a session; keys not stored are ignored."""
@@ -105,7 +120,8 @@ class Hints:
             session = self.session(session_id)
             if namespace != session.namespace:
                 raise InvalidArgument(
-                    f"session {session_id!r} lives in namespace {session.namespace!r}, not {namespace!r}"
+                    f"session {session_id!r} lives in namespace {session.namespace!r}, "
+                    f"not {shorten(namespace)}"
                 )
             for key in keys:
                 entry = self.store.index.get(namespace, key)

@@ -22,6 +22,9 @@ class BlockEntry:
     location: int = 0
     meta: bytes = b""
     pins: int = 0
+    # Of `pins`, those a fan-out holds (sessions.actions): pins are owned, so a client's Unpin can
+    # release only the others, and a fan-out's release only its own.
+    fanout_pins: int = 0
     # Transfers reading this block right now: it must not be freed or moved under them.
     readers: int = 0
     # Being moved: its bytes are on their way to another tier (readable here until the move ends).

@@ -30,7 +30,7 @@ from kvstore.index import BlockEntry, Index
 from kvstore.mover import Copier, Links
 from kvstore.policy.base import Policy
 from kvstore.sessions import Session, SessionRegistry
-from kvstore.tiers.base import CorruptBlock, Tier
+from kvstore.tiers.base import CorruptBlock, Tier, WriteFailed
 
 log = logging.getLogger(__name__)
 
@@ -111,16 +111,22 @@ class Placement:
         entry.last_use = now
         self.policy.on_access(entry)
 
-    def pin_locked(self, entry: BlockEntry) -> None:
+    def pin_locked(self, entry: BlockEntry, fanout: bool = False) -> None:
+        """Pin once more; `fanout`: the pin is a fan-out's, not a client's."""
         if entry.pins == 0:
             self.pinned_bytes[entry.tier] += entry.size
             self.pinned_blocks[entry.tier] += 1
             self.sessions.on_pinned(entry, True)
             self.policy.on_pin(entry)
         entry.pins += 1
+        entry.fanout_pins += fanout
 
-    def unpin_locked(self, entry: BlockEntry) -> None:
+    def unpin_locked(self, entry: BlockEntry, fanout: bool = False) -> None:
+        """Release one pin of its owner's kind; callers check that one is held."""
+        if entry.pins <= 0 or (fanout and entry.fanout_pins <= 0):
+            raise AssertionError(f"block {entry.key.hex()} has no such pin to release")
         entry.pins -= 1
+        entry.fanout_pins -= fanout
         if entry.pins == 0:
             self.pinned_bytes[entry.tier] -= entry.size
             self.pinned_blocks[entry.tier] -= 1
@@ -189,6 +195,8 @@ class Placement:
                     if claimed:
                         entry.moving = False
                     return Moved.DONE if entry.tier == dst.name else Moved.BUSY
+                if not dst.writable:  # its writes fail (a full disk): no room there for now
+                    return Moved.NO_ROOM  # a claimed entry stays marked: the caller decides
                 staged = entry.staged(dst.name)
                 if entry.size <= dst.capacity and dst.allocate(staged):
                     entry.moving = True
@@ -210,6 +218,11 @@ class Placement:
                 if self.held_locked(entry):
                     self.drop_locked(entry)
             return Moved.GONE
+        except WriteFailed:
+            with self.lock:
+                dst.free(staged)
+                entry.moving = claimed  # a claimed victim stays ours: push_down drops it
+            return Moved.NO_ROOM
         except BaseException:
             with self.lock:
                 dst.free(staged)
@@ -231,7 +244,7 @@ class Placement:
         reserved slot, and only then is it indexed. Returns the stored entry (another writer's, if
         one stored the key meanwhile), or None when no tier can take it."""
         for level, tier in enumerate(self.tiers):
-            if entry.size > tier.capacity:
+            if entry.size > tier.capacity or not tier.writable:
                 continue
             while True:
                 with self.lock:
@@ -245,7 +258,13 @@ class Placement:
                     victim.moving = True
                 self.push_down(victim, level)
             if entry.tier:
-                self.copier.write(tier, entry, data)
+                try:
+                    self.copier.write(tier, entry, data)
+                except WriteFailed:  # its slot goes back; the next tier down may take it
+                    with self.lock:
+                        tier.free(entry)
+                        entry.tier = ""
+                    continue
                 with self.lock:
                     stored = self.index.get(entry.namespace, entry.key)
                     if stored is not None:  # another writer got there first

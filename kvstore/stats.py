@@ -8,7 +8,7 @@ import heapq
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from kvstore.errors import InvalidArgument
+from kvstore.errors import InvalidArgument, shorten
 from kvstore.index import BlockEntry
 from kvstore.store import Store
 
@@ -74,7 +74,7 @@ def list_blocks(
         store.check.namespace(namespace)
     if tier and tier not in store.tier_by_name:
         raise InvalidArgument(
-            f"tier {tier!r} is not one of this store's tiers: {', '.join(store.tier_by_name)}"
+            f"tier {shorten(tier)} is not one of this store's tiers: {', '.join(store.tier_by_name)}"
         )
     if limit < 1:
         raise InvalidArgument("limit must be >= 1")

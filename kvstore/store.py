@@ -18,18 +18,25 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from kvstore.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from kvstore.errors import (
+    Cancelled,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    shorten,
+)
 from kvstore.hashing import Namespace
 from kvstore.index import BlockEntry, PrefixMatch
 from kvstore.placement import Moved, Placement
 from kvstore.sessions import Session
 from kvstore.sessions.actions import SessionActions
 from kvstore.tiers.base import as_buffer
-from kvstore.validation import Checks
+from kvstore.validation import Checks, Limits
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,16 @@ class Read:
 
 
 @dataclass(slots=True)
+class _Undo:
+    """What one put did, to take back if its caller gives up before it is committed."""
+
+    added: list[BlockEntry] = field(default_factory=list)
+    pins: list[BlockEntry] = field(default_factory=list)
+    refs: list[tuple[BlockEntry, Session]] = field(default_factory=list)
+    opened: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class Promotion:
     moved: dict[str, int]  # bytes brought up, per source tier
     blocks: int  # leading blocks of the chain that were stored (and pinned, when asked)
@@ -70,11 +87,12 @@ class Store:
         actions: SessionActions,
         namespaces: Iterable[Namespace],
         promote_on_get: bool = True,
+        limits: Limits | None = None,
     ) -> None:
         self.placement = placement
         self.actions = actions
         self.namespaces = {ns.name: ns for ns in namespaces}
-        self.check = Checks(self.namespaces)
+        self.check = Checks(self.namespaces, limits)
         self.promote_on_get = promote_on_get
         self.lock = placement.lock
         self.tiers, self.tier_by_name = placement.tiers, placement.tier_by_name
@@ -92,25 +110,38 @@ class Store:
         entries = [blocks.get(key) for key in keys]
         if None in entries:
             missing = keys[entries.index(None)]
-            raise NotFound(f"block {missing.hex()} is not stored in namespace {namespace!r}")
+            raise NotFound(f"block {missing.hex()} is not stored in namespace {shorten(namespace)}")
         return entries  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ writing
 
-    def put(self, blocks: Sequence[PutBlock]) -> list[str]:
-        """Store blocks; returns the tier each landed in ('' when it could not be placed)."""
+    def put(self, blocks: Sequence[PutBlock], gave_up: Callable[[], bool] | None = None) -> list[str]:
+        """Store blocks; returns the tier each landed in ('' when it could not be placed).
+
+        `gave_up`: whether the caller stopped waiting (a cancelled or timed-out RPC). It is asked
+        before each block and, last, under the lock that commits the answer; once it says yes,
+        what this call stored, pinned, referenced or opened is taken back and `Cancelled` raised,
+        so a Put nobody waits for leaves nothing behind."""
+        self.check.count(len(blocks), "blocks")
         for i, block in enumerate(blocks):
             self.check.block(
                 block.namespace, block.key, block.parent, block.meta, len(as_buffer(block.data)), i
             )
+            self.check.session(block.session)
         placement = self.placement
         with self.lock:
             self._check_room_locked(blocks)
+            self.sessions.check_room(b.session for b in blocks if b.session)
             new = {(b.namespace, b.key): b for b in blocks if self.index.get(b.namespace, b.key) is None}
+        if gave_up is not None and gave_up():
+            raise Cancelled("the caller gave up on this put before it was stored")
         placement.make_room(0, sum(self.namespaces[ns].block_bytes for ns, _ in new))  # one pass of victims
         entries: list[BlockEntry | None] = []
         active: dict[str, Session] = {}  # each session named resolved once per call
+        undo = _Undo()
         for b in blocks:
+            if gave_up is not None and gave_up():
+                break
             with self.lock:
                 now = self.clock.now()
                 stored = self.index.get(b.namespace, b.key)
@@ -120,19 +151,47 @@ class Store:
                 size = self.namespaces[b.namespace].block_bytes  # validated: the data's size
                 fresh = BlockEntry(b.namespace, b.key, b.parent or None, size, "", meta=b.meta, last_use=now)
                 stored = placement.place(fresh, b.data)
+                if stored is fresh:
+                    undo.added.append(fresh)
             if stored is not None:
                 with self.lock:
                     session = None
                     if b.session:
                         session = active.get(b.session)
                         if session is None:
+                            if b.session not in self.sessions.sessions:
+                                undo.opened.append(b.session)
                             session = active[b.session] = self.active_session_locked(
                                 b.session, b.namespace, now
                             )
+                        if stored.sessions is None or session.id not in stored.sessions:
+                            undo.refs.append((stored, session))
                     self._claim_locked(stored, session, b.pin)
+                    if b.pin:
+                        undo.pins.append(stored)
             entries.append(stored)
         with self.lock:  # where each is now: a big batch may have pushed its own first blocks down or out
+            if gave_up is not None and gave_up():
+                self._undo_locked(undo)
+                raise Cancelled("the caller gave up on this put before it was stored")
             return [e.tier if e is not None and placement.held_locked(e) else "" for e in entries]
+
+    def _undo_locked(self, undo: _Undo) -> None:
+        """Take back what a put did that its caller gave up on: its pins, its session references,
+        the sessions it opened, and the blocks it added that nobody else has claimed meanwhile."""
+        placement = self.placement
+        for entry in undo.pins:
+            if placement.held_locked(entry) and entry.pins - entry.fanout_pins > 0:
+                placement.unpin_locked(entry)
+        for entry, session in undo.refs:
+            self.sessions.unref(entry, session)
+        for sid in undo.opened:
+            session = self.sessions.sessions.get(sid)
+            if session is not None and session.blocks == 0 and session.fanout is None:
+                self.sessions.close(session)
+        for entry in undo.added:
+            if placement.held_locked(entry) and entry.movable and not entry.sessions:
+                placement.drop_locked(entry, count=False)
 
     def _claim_locked(self, entry: BlockEntry, session: Session | None, pin: bool) -> None:
         """What a put asks beyond storing: the session that references the block, a pin."""
@@ -218,17 +277,23 @@ class Store:
         copied out without the lock. Counts hits and misses, and may promote what was read."""
         self.check.namespace(namespace)
         self.check.keys(keys)
+        self.check.session(session)
         placement = self.placement
         with self.lock:
+            if session:
+                self.sessions.check_room([session])
             blocks = self.index.blocks(namespace)
             found: list[BlockEntry | None] = []
             for key in keys:
                 entry = blocks.get(key)
                 found.append(entry)
+                if entry is None and stop_at_miss:
+                    break
+            # What would be copied out, repeats included (blocks held in their slots cost nothing).
+            self.check.get_bytes(sum(e.size for e in found if e is not None and e.tier not in hold))
+            for entry in found:
                 if entry is not None:
                     entry.readers += 1  # nothing frees or moves it while it is read
-                elif stop_at_miss:
-                    break
         out: list[Read | None] = []
         for key, entry in zip(keys, found, strict=False):
             if entry is not None and entry.tier in hold:
@@ -284,9 +349,12 @@ class Store:
         not stored."""
         self.check.namespace(namespace)
         self.check.keys(keys)
+        self.check.session(session)
         placement, top = self.placement, self.tiers[0].name
         result = Promotion({}, 0)
         with self.lock:
+            if session:
+                self.sessions.check_room([session])
             now = self.clock.now()
             active = self.active_session_locked(session, namespace, now) if session else None
             blocks, ref = self.index.blocks(namespace), self.sessions.ref
@@ -320,7 +388,10 @@ class Store:
         references exactly that prefix; the blocks it puts next join it."""
         self.check.namespace(namespace)
         self.check.keys(keys)
+        self.check.session(session)
         with self.lock:
+            if session:
+                self.sessions.check_room([session])
             match = self.index.longest_prefix(namespace, keys)
             self.lookups += 1
             self.lookup_hit_blocks += match.blocks
@@ -369,8 +440,12 @@ class Store:
             entries = self._entries_locked(namespace, keys)
             times = Counter(map(id, entries)) if len(set(keys)) != len(keys) else None
             for entry in entries:
-                if entry.pins < (times[id(entry)] if times is not None else 1):
-                    raise FailedPrecondition(f"block {entry.key.hex()} is not pinned that many times")
+                # Only clients' pins: a fan-out's are released by its last branch or its TTL.
+                if entry.pins - entry.fanout_pins < (times[id(entry)] if times is not None else 1):
+                    raise FailedPrecondition(
+                        f"block {entry.key.hex()} is not pinned that many times by clients"
+                        + (f" ({entry.fanout_pins} pin(s) belong to a fan-out)" if entry.fanout_pins else "")
+                    )
             for entry in entries:
                 self.placement.unpin_locked(entry)
             return len(entries)
@@ -396,7 +471,7 @@ class Store:
         else:
             if tier not in self.tier_by_name:
                 raise InvalidArgument(
-                    f"tier {tier!r} is not one of this store's tiers: {', '.join(self.tier_by_name)}"
+                    f"tier {shorten(tier)} is not one of this store's tiers: {', '.join(self.tier_by_name)}"
                 )
             if nbytes <= 0:
                 raise InvalidArgument("bytes must be > 0 when evicting from a tier")

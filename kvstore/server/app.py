@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -31,12 +32,14 @@ from kvstore import persistence
 from kvstore.auth_tokens import load_tokens
 from kvstore.build import build_store
 from kvstore.config import ConfigError, Settings, TlsConfig
+from kvstore.hints import Hints
 from kvstore.server.admin_service import AdminService
 from kvstore.server.auth import AuthInterceptor, Guard, check_exposure
 from kvstore.server.datadir_lock import DataDirLock
 from kvstore.server.hint_worker import HintWorker
 from kvstore.server.hints_service import AgentHintsService
 from kvstore.server.kvstore_service import KVStoreService
+from kvstore.server.malformed import MalformedRequests
 from kvstore.server.metrics import serve_metrics
 from kvstore.server.telemetry import RpcMetrics, TimingInterceptor, tracing_interceptor
 from kvstore.shm.leases import Leases
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAMES = [pb.DESCRIPTOR.services_by_name[n].full_name for n in ("KVStore", "AgentHints", "Admin")]
 SAVE_EVERY_S = 10.0  # learned return times are written at most this often (and at shutdown)
+EXPIRE_EVERY_S = 30.0  # idle sessions are looked for this often (or 4 times per sessions.idle_ttl_s)
 
 
 PREFAULT_NICE = 19  # the lowest priority: faulting pages in may wait for any request
@@ -142,6 +146,7 @@ class KVStoreServer:
         self._mover = threading.Thread(target=self._run_mover, name="kvstore-mover", daemon=True)
         self._stop = threading.Event()
         self._saver: asyncio.Task[None] | None = None
+        self._expirer: asyncio.Task[None] | None = None
         self._stop_metrics: Callable[[], None] | None = None
         self.registry = CollectorRegistry()  # this server's metrics (tests run several per process)
         self.rpc_metrics = RpcMetrics(self.registry, settings.policy)
@@ -152,12 +157,20 @@ class KVStoreServer:
 
     def _build_server(self) -> grpc.aio.Server:
         s = self.settings
-        # Timing first: it also counts calls the auth check refuses.
+        try:  # before gRPC, which would print its own lines about a name it cannot resolve
+            socket.getaddrinfo(s.host, s.port)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise ConfigError(
+                f"host: cannot resolve {s.host!r} ({exc}); give a name or address of this machine"
+            ) from None
+        # Timing first: it also counts calls the auth check refuses; malformed requests last, as
+        # it wraps the deserializers every other layer reads.
         interceptors: list[grpc.aio.ServerInterceptor] = [TimingInterceptor(self.rpc_metrics)]
         if s.tracing.enabled:
             interceptors.append(tracing_interceptor("kvstore", s.tracing.otlp_endpoint))
         if self.tokens is not None:
             interceptors.append(AuthInterceptor(self.tokens, Guard(self.store, self.leases)))
+        interceptors.append(MalformedRequests())
         server = grpc.aio.server(options=grpc_options(s), interceptors=interceptors)
         pb_grpc.add_KVStoreServicer_to_server(KVStoreService(self.store, self.leases), server)
         pb_grpc.add_AdminServicer_to_server(AdminService(self.store, self.leases), server)
@@ -193,6 +206,7 @@ class KVStoreServer:
             self._stop_metrics = serve_metrics(self.registry, self.store, s.host, s.metrics_port, self.leases)
         self._mover.start()
         self._saver = asyncio.create_task(self._save_learned())
+        self._expirer = asyncio.create_task(self._expire_sessions())
         segments = [t.segment for t in self.store.tiers if t.segment is not None]
         threading.Thread(target=prefault, args=(segments,), name="kvstore-prefault", daemon=True).start()
         log.info(
@@ -226,6 +240,21 @@ class KVStoreServer:
             await asyncio.sleep(SAVE_EVERY_S)
             await asyncio.to_thread(self._save_learned_now)
 
+    async def _expire_sessions(self) -> None:
+        """Close sessions idle past sessions.idle_ttl_s: an agent that died or forgot CloseSession
+        would otherwise hold its session, its references and its plans forever."""
+        idle_s = self.settings.sessions.idle_ttl_s
+        hints = Hints(self.store)
+        while True:
+            await asyncio.sleep(min(EXPIRE_EVERY_S, idle_s / 4))
+            try:
+                closed = await asyncio.to_thread(hints.expire_idle, idle_s)
+            except Exception:  # a failed pass must not stop expiry for good
+                log.exception("expiring idle sessions failed")
+                continue
+            if closed:
+                log.info("closed %d session(s) idle for over %.0f s", closed, idle_s)
+
     def _save_learned_now(self) -> None:
         """Snapshot what was learned under the lock; write it without."""
         returns = self.store.sessions.returns
@@ -246,10 +275,11 @@ class KVStoreServer:
         self.store.plans.wake()
         if self._mover.is_alive():
             await asyncio.to_thread(self._mover.join)  # lets a running move finish before the flush
-        if self._saver is not None:
-            self._saver.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._saver
+        for task in (self._saver, self._expirer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._stop_metrics is not None:
             self._stop_metrics()
         if self._hint_worker is not None:
@@ -270,7 +300,11 @@ class KVStoreServer:
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down cleanly."""
     server = KVStoreServer(settings)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        await asyncio.to_thread(server.store.close)  # shared segments go, not leak past exit
+        raise
     print(f"kvstore listening on {server.address}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -15,6 +15,16 @@ from kvstore.errors import KVStoreError
 log = logging.getLogger(__name__)
 
 
+# A status message travels in a trailer; one over the metadata limit turns the status itself into
+# RESOURCE_EXHAUSTED. Messages echo inputs shortened (errors.shorten); this is the last guard.
+MAX_DETAILS = 2000
+
+
+def details_of(exc: KVStoreError) -> str:
+    text = str(exc)
+    return text if len(text) <= MAX_DETAILS else text[:MAX_DETAILS] + "…"
+
+
 def status_of(exc: KVStoreError) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, exc.code, grpc.StatusCode.INTERNAL)
 
@@ -29,7 +39,7 @@ def grpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:
                 async for item in method(self, request, context):
                     yield item
             except KVStoreError as exc:
-                await context.abort(status_of(exc), str(exc))
+                await context.abort(status_of(exc), details_of(exc))
 
         return stream
 
@@ -38,6 +48,6 @@ def grpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return await method(self, request, context)
         except KVStoreError as exc:
-            await context.abort(status_of(exc), str(exc))
+            await context.abort(status_of(exc), details_of(exc))
 
     return unary

@@ -4,6 +4,7 @@ the loop never waits on the store's lock or on a copy."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -31,15 +32,32 @@ class KVStoreService(pb_grpc.KVStoreServicer):
         self, request_iterator: AsyncIterator[pb.PutRequest], context: grpc.aio.ServicerContext
     ) -> pb.PutResponse:
         blocks: list[PutBlock] = []
+        check, carried = self.store.check, 0
         async for req in request_iterator:
             block = PutBlock(
                 req.namespace, req.key, req.data, req.parent or None, req.meta, req.session or None, req.pin
             )
-            self.store.check.block(
+            # Fail fast, before the stream ends: a stream is buffered until it does, so it is bounded.
+            check.count(len(blocks) + 1, "blocks")
+            carried += len(block.data)
+            check.put_bytes(carried)
+            check.block(
                 block.namespace, block.key, block.parent, block.meta, len(as_buffer(block.data)), len(blocks)
-            )  # fail fast, before the stream ends
+            )
+            check.session(block.session)
             blocks.append(block)
-        tiers = await asyncio.to_thread(self.store.put, blocks)
+        # The store's put runs on in its worker thread even when this task is cancelled (the
+        # client cancelled, or its deadline passed): it asks `gave_up` as it goes and takes back
+        # what it did, so a Put nobody waits for stores nothing.
+        gave_up = threading.Event()
+        context.add_done_callback(lambda _: gave_up.set())
+        if context.cancelled() or context.done():
+            return pb.PutResponse()
+        try:
+            tiers = await asyncio.to_thread(self.store.put, blocks, gave_up.is_set)
+        except asyncio.CancelledError:
+            gave_up.set()
+            raise
         return pb.PutResponse(
             tiers=tiers, bytes=sum(len(b.data) for b, t in zip(blocks, tiers, strict=True) if t)
         )
@@ -67,6 +85,9 @@ class KVStoreService(pb_grpc.KVStoreServicer):
     async def Lookup(self, request: pb.LookupRequest, context: grpc.aio.ServicerContext) -> pb.LookupResponse:
         if request.keys and request.tokens:
             raise InvalidArgument("give either keys or tokens, not both")
+
+        self.store.check.tokens(len(request.tokens))  # before any hashing: bounded work per call
+        self.store.check.count(len(request.keys))
 
         def lookup() -> tuple[list[bytes], PrefixMatch]:
             keys = list(request.keys)

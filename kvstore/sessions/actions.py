@@ -145,7 +145,7 @@ class SessionActions:
             if session.fanout is not fanout:
                 return 0
             for entry in list(session.tiers.get(placement.tiers[0].name, ())):
-                placement.pin_locked(entry)
+                placement.pin_locked(entry, fanout=True)
                 fanout.pinned.append(entry)
             return len(fanout.pinned)
 
@@ -157,8 +157,8 @@ class SessionActions:
         fanout = session.fanout
         if fanout is None or fanout.fanout_id != fanout_id:
             return
-        for entry in fanout.pinned:
-            if self.placement.held_locked(entry):
-                self.placement.unpin_locked(entry)
+        for entry in fanout.pinned:  # its own pins only: clients' pins stay
+            if self.placement.held_locked(entry) and entry.fanout_pins > 0:
+                self.placement.unpin_locked(entry, fanout=True)
         session.fanout = None
         self.placement.sessions.fanouts.pop(fanout_id, None)

@@ -80,6 +80,8 @@ class Session:
     fanout: Fanout | None = None
     prefetch: Prefetch = field(default_factory=Prefetch)
     generation: int = 0  # bumped by every transition: plans made before are stale
+    # When a hint or a data-path call last named it: idle sessions are closed (sessions.idle_ttl_s).
+    seen: float = 0.0
     # Blocks brought back by the policy and not used yet (evicting one of them wastes it).
     prefetched: set[BlockEntry] = field(default_factory=set)
     # tier -> blocks of this session in that tier (insertion ordered: roughly chain order).

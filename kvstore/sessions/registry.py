@@ -6,16 +6,18 @@ Everything here is bookkeeping done under the store's lock; nothing copies bytes
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
+from kvstore.errors import ResourceExhausted
 from kvstore.index import BlockEntry
 from kvstore.sessions.model import Session, ToolCall
 from kvstore.sessions.returns import Away, ReturnTimes
 
 
 class SessionRegistry:
-    def __init__(self, returns: ReturnTimes | None = None) -> None:
+    def __init__(self, returns: ReturnTimes | None = None, max_open: int = 0) -> None:
         self.returns = returns or ReturnTimes()
+        self.max_open = max_open  # 0: no cap (the replay); the server's is config sessions.max_open
         self.sessions: dict[str, Session] = {}
         self.calls: dict[str, Session] = {}
         self.fanouts: dict[str, Session] = {}
@@ -34,13 +36,31 @@ class SessionRegistry:
         self.hints[kind] = self.hints.get(kind, 0) + 1
         self.version += 1
 
+    def check_room(self, session_ids: Iterable[str]) -> None:
+        """ResourceExhausted when opening those of `session_ids` not open yet would pass the cap:
+        callers ask before they change anything, so a refused call leaves the store as it was."""
+        if not self.max_open:
+            return
+        new = {s for s in session_ids if s and s not in self.sessions}
+        if new and len(self.sessions) + len(new) > self.max_open:
+            raise ResourceExhausted(
+                f"{len(self.sessions)} sessions are open, at most {self.max_open} (sessions.max_open): "
+                "close finished sessions (CloseSession), or raise sessions.max_open; sessions idle "
+                "for sessions.idle_ttl_s are closed"
+            )
+
     def open(self, session_id: str, namespace: str, now: float, tenant: str = "") -> Session:
         session = self.sessions.get(session_id)
         if session is None:
             session = self.sessions[session_id] = Session(
                 session_id, namespace, tenant, last_active=now, silent_since=now
             )
+        session.seen = now
         return session
+
+    def idle(self, now: float, idle_s: float) -> list[Session]:
+        """Sessions nobody named (by a hint or a data-path call) for more than `idle_s`."""
+        return [s for s in self.sessions.values() if now - s.seen > idle_s]
 
     def live(self) -> list[Session]:
         return list(self.sessions.values())

@@ -125,8 +125,12 @@ class Leases:
         self, namespace: str, blocks: Sequence[BlockHeader], session: str | None = None, pin: bool = False
     ) -> tuple[Lease, list[Slot]]:
         self._check_batch(len(blocks))
+        self.store.check.session(session)
         for i, b in enumerate(blocks):
             self.store.check.block(namespace, b.key, b.parent, b.meta, b.size, i)
+        if session:
+            with self.store.lock:  # checked here: the commit that opens the session cannot refuse
+                self.store.sessions.check_room([session])
         size = self.store.check.namespace(namespace).block_bytes
         self.expire()
         lease = Lease(0, 0.0, True, namespace, session, pin)

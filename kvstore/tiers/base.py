@@ -20,6 +20,11 @@ class CorruptBlock(Exception):
     """The stored bytes of a block failed their checksum: the block must be dropped, not served."""
 
 
+class WriteFailed(Exception):
+    """A tier could not store a block's bytes (a full or read-only disk, an I/O error). Its caller
+    gives the slot back and treats the tier as having no room; reads of what it holds go on."""
+
+
 class Tier(ABC):
     name: str
     capacity: int
@@ -58,6 +63,11 @@ class Tier(ABC):
     def read_bytes(self, entry: BlockEntry) -> bytes:
         """A copy of the block's bytes that outlives the slot."""
         return bytes(as_buffer(self.read(entry)))
+
+    @property
+    def writable(self) -> bool:
+        """False while new bytes should not be sent here (writes are failing): it has no room."""
+        return True
 
     def health(self) -> tuple[bool, str]:
         return True, "ok"

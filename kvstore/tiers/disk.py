@@ -9,24 +9,28 @@ rebuilt from these files; a file that fails its checksum is deleted, never serve
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kvstore.errors import shorten
 from kvstore.index import BlockEntry
-from kvstore.tiers.base import ByteBudgetTier, CorruptBlock, as_buffer
+from kvstore.tiers.base import ByteBudgetTier, CorruptBlock, WriteFailed, as_buffer
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"KVSB"
 VERSION = 1
 HEADER = struct.Struct("<4sBHBBIQI")
+RETRY_AFTER_S = 5.0  # after a failed write, the tier takes no new blocks for this long
 
 
 class DiskTier(ByteBudgetTier):
@@ -45,6 +49,9 @@ class DiskTier(ByteBudgetTier):
         self._unlinking: Path | None = None
         self._reaper: threading.Thread | None = None
         self._closed = False
+        self.retry_after_s = RETRY_AFTER_S
+        # (monotonic time, error) of the last failed write, until a write succeeds again.
+        self._failed: tuple[float, str] | None = None
 
     def allocate(self, entry: BlockEntry) -> bool:
         if not super().allocate(entry):
@@ -52,9 +59,17 @@ class DiskTier(ByteBudgetTier):
         self._spare(self.path(entry.namespace, entry.key))
         return True
 
+    @property
+    def writable(self) -> bool:
+        failed = self._failed
+        return failed is None or time.monotonic() - failed[0] >= self.retry_after_s
+
     def free(self, entry: BlockEntry) -> None:
         super().free(entry)
-        self.path(entry.namespace, entry.key).unlink(missing_ok=True)
+        try:
+            self.path(entry.namespace, entry.key).unlink(missing_ok=True)
+        except OSError as exc:  # a read-only disk: the room is given back; the file is stale
+            log.warning("could not remove block file: %s", exc)
 
     def free_later(self, entry: BlockEntry) -> None:
         """Give the room back now; the file is unlinked by the reaper thread, since the caller
@@ -126,16 +141,27 @@ class DiskTier(ByteBudgetTier):
             MAGIC, VERSION, len(ns), len(entry.key), len(parent), len(entry.meta), len(payload), crc
         )
         path = self.path(entry.namespace, entry.key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(header)
-            for part in (ns, entry.key, parent, entry.meta, payload):
-                f.write(part)
-            if self.fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(header)
+                for part in (ns, entry.key, parent, entry.meta, payload):
+                    f.write(part)
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:  # full, read-only, failing: the caller keeps the block elsewhere
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)  # a partial file would hold disk space nobody counts
+            if self._failed is None:
+                log.warning("disk tier: block writes fail (%s); keeping blocks in memory tiers", exc)
+            self._failed = (time.monotonic(), exc.strerror or str(exc))
+            raise WriteFailed(f"{tmp}: {exc}") from exc
+        if self._failed is not None:
+            log.warning("disk tier: block writes work again")
+            self._failed = None
 
     def read(self, entry: BlockEntry) -> bytes:
         return self.read_bytes(entry)
@@ -146,7 +172,9 @@ class DiskTier(ByteBudgetTier):
             raw = path.read_bytes()
         except FileNotFoundError:
             raise CorruptBlock(f"{path} is gone") from None
-        _, _, _, _, _, payload = _parse(raw, path)
+        ns, key, _, _, _, payload = _parse(raw, path)
+        if ns != entry.namespace or key != entry.key:  # copied or renamed over this block's file
+            raise CorruptBlock(f"{path} holds block {key.hex()} of namespace {shorten(ns)}, not this one")
         if len(payload) != entry.size:
             raise CorruptBlock(f"{path}: payload is {len(payload)} bytes, index says {entry.size}")
         return payload
@@ -164,6 +192,10 @@ class DiskTier(ByteBudgetTier):
                 ns, key, parent, meta, _, payload = _parse(raw, path)
             except (CorruptBlock, OSError) as exc:
                 log.warning("dropping corrupt block file: %s", exc)
+                path.unlink(missing_ok=True)
+                continue
+            if path != self.path(ns, key):  # not where its key puts it: never index it as that key
+                log.warning("dropping block file %s: it holds block %s, named elsewhere", path, key.hex())
                 path.unlink(missing_ok=True)
                 continue
             yield BlockEntry(
@@ -184,6 +216,10 @@ class DiskTier(ByteBudgetTier):
         return False
 
     def health(self) -> tuple[bool, str]:
+        failed = self._failed
+        if failed is not None:
+            ago = time.monotonic() - failed[0]
+            return False, f"block writes failing ({failed[1]}, {ago:.0f} s ago): new blocks stay in memory"
         ok = os.access(self.root, os.W_OK)
         return ok, "ok" if ok else f"{self.root} is not writable"
 
