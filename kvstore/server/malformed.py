@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from kvstore.errors import shorten
+from kvstore.server.interceptors import WrappingInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +47,10 @@ def _message(method: str, bad: _Malformed) -> str:
     return f"malformed request for {method}: not a valid protobuf message of its type ({bad.error})"
 
 
-class MalformedRequests(grpc.aio.ServerInterceptor):
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or handler.request_deserializer is None:
+class MalformedRequests(WrappingInterceptor):
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if handler.request_deserializer is None:
             return handler
-        method = details.method
         parse = handler.request_deserializer
 
         def deserialize(data: bytes) -> Any:

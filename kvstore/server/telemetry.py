@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Histogram, Info
 from pythonjsonlogger.json import JsonFormatter
 
 from kvstore import __version__
+from kvstore.server.interceptors import WrappingInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -105,21 +106,15 @@ def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grp
     return grpc.StatusCode.OK if code in (None, 0) else grpc.StatusCode.UNKNOWN
 
 
-class TimingInterceptor(grpc.aio.ServerInterceptor):
+class TimingInterceptor(WrappingInterceptor):
     """Times every RPC from the handler's start to its last message, whatever its shape."""
 
     def __init__(self, metrics: RpcMetrics) -> None:
+        super().__init__()
         self.metrics = metrics
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        method, observe = details.method, self.metrics.observe
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        observe = self.metrics.observe
 
         def unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
