@@ -11,7 +11,8 @@ bookkeeping only. Bytes are copied and files written without it (a moving block 
 its source and is neither movable nor evictable), so a Lookup waits at most one block's
 bookkeeping. The server calls these methods off its event loop (`asyncio.to_thread`; hints on the
 hint worker's thread); nothing on the loop takes the lock. Checks live in `validation`, restart
-and shutdown in `persistence`, operators' views in `stats`.
+and shutdown in `persistence`, operators' views in `stats`, the put path and its rollback in
+`writes`.
 """
 
 from __future__ import annotations
@@ -19,15 +20,14 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from kvstore import writes
 from kvstore.errors import (
-    Cancelled,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    ResourceExhausted,
     shorten,
 )
 from kvstore.hashing import Namespace
@@ -35,7 +35,6 @@ from kvstore.index import BlockEntry, PrefixMatch
 from kvstore.placement import Moved, Placement
 from kvstore.sessions import Session
 from kvstore.sessions.actions import SessionActions
-from kvstore.tiers.base import as_buffer
 from kvstore.validation import Checks, Limits
 
 log = logging.getLogger(__name__)
@@ -62,16 +61,6 @@ class Read:
     tier: str
     data: bytes | None = None
     held: BlockEntry | None = None
-
-
-@dataclass(slots=True)
-class _Undo:
-    """What one put did, to take back if its caller gives up before it is committed."""
-
-    added: list[BlockEntry] = field(default_factory=list)
-    pins: list[BlockEntry] = field(default_factory=list)
-    refs: list[tuple[BlockEntry, Session]] = field(default_factory=list)
-    opened: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -117,108 +106,16 @@ class Store:
 
     def put(self, blocks: Sequence[PutBlock], gave_up: Callable[[], bool] | None = None) -> list[str]:
         """Store blocks; returns the tier each landed in ('' when it could not be placed).
+        `gave_up`: whether the caller stopped waiting; once it says yes, what this call did is
+        taken back and `Cancelled` raised (kvstore.writes)."""
+        return writes.put(self, blocks, gave_up)
 
-        `gave_up`: whether the caller stopped waiting (a cancelled or timed-out RPC). It is asked
-        before each block and, last, under the lock that commits the answer; once it says yes,
-        what this call stored, pinned, referenced or opened is taken back and `Cancelled` raised,
-        so a Put nobody waits for leaves nothing behind."""
-        self.check.count(len(blocks), "blocks")
-        for i, block in enumerate(blocks):
-            self.check.block(
-                block.namespace, block.key, block.parent, block.meta, len(as_buffer(block.data)), i
-            )
-            self.check.session(block.session)
-        placement = self.placement
-        with self.lock:
-            self._check_room_locked(blocks)
-            self.sessions.check_room(b.session for b in blocks if b.session)
-            new = {(b.namespace, b.key): b for b in blocks if self.index.get(b.namespace, b.key) is None}
-        if gave_up is not None and gave_up():
-            raise Cancelled("the caller gave up on this put before it was stored")
-        placement.make_room(0, sum(self.namespaces[ns].block_bytes for ns, _ in new))  # one pass of victims
-        entries: list[BlockEntry | None] = []
-        active: dict[str, Session] = {}  # each session named resolved once per call
-        undo = _Undo()
-        for b in blocks:
-            if gave_up is not None and gave_up():
-                break
-            with self.lock:
-                now = self.clock.now()
-                stored = self.index.get(b.namespace, b.key)
-                if stored is not None:
-                    placement.touch_locked(stored, now)
-            if stored is None:
-                size = self.namespaces[b.namespace].block_bytes  # validated: the data's size
-                fresh = BlockEntry(b.namespace, b.key, b.parent or None, size, "", meta=b.meta, last_use=now)
-                stored = placement.place(fresh, b.data)
-                if stored is fresh:
-                    undo.added.append(fresh)
-            if stored is not None:
-                with self.lock:
-                    session = None
-                    if b.session:
-                        session = active.get(b.session)
-                        if session is None:
-                            if b.session not in self.sessions.sessions:
-                                undo.opened.append(b.session)
-                            session = active[b.session] = self.active_session_locked(
-                                b.session, b.namespace, now
-                            )
-                        if stored.sessions is None or session.id not in stored.sessions:
-                            undo.refs.append((stored, session))
-                    self._claim_locked(stored, session, b.pin)
-                    if b.pin:
-                        undo.pins.append(stored)
-            entries.append(stored)
-        with self.lock:  # where each is now: a big batch may have pushed its own first blocks down or out
-            if gave_up is not None and gave_up():
-                self._undo_locked(undo)
-                raise Cancelled("the caller gave up on this put before it was stored")
-            return [e.tier if e is not None and placement.held_locked(e) else "" for e in entries]
-
-    def _undo_locked(self, undo: _Undo) -> None:
-        """Take back what a put did that its caller gave up on: its pins, its session references,
-        the sessions it opened, and the blocks it added that nobody else has claimed meanwhile."""
-        placement = self.placement
-        for entry in undo.pins:
-            if placement.held_locked(entry) and entry.pins - entry.fanout_pins > 0:
-                placement.unpin_locked(entry)
-        for entry, session in undo.refs:
-            self.sessions.unref(entry, session)
-        for sid in undo.opened:
-            session = self.sessions.sessions.get(sid)
-            if session is not None and session.blocks == 0 and session.fanout is None:
-                self.sessions.close(session)
-        for entry in undo.added:
-            if placement.held_locked(entry) and entry.movable and not entry.sessions:
-                placement.drop_locked(entry, count=False)
-
-    def _claim_locked(self, entry: BlockEntry, session: Session | None, pin: bool) -> None:
+    def claim_locked(self, entry: BlockEntry, session: Session | None, pin: bool) -> None:
         """What a put asks beyond storing: the session that references the block, a pin."""
         if session is not None:
             self.sessions.ref(entry, session)
         if pin:
             self.placement.pin_locked(entry)
-
-    def _check_room_locked(self, blocks: Sequence[PutBlock]) -> None:
-        """ResourceExhausted unless the new pinned blocks, plus any one unpinned block, fit beside
-        what is pinned already (unpinned blocks of a batch may push each other down and out)."""
-        pinned_new, largest_unpinned, seen = 0, 0, set()
-        for b in blocks:
-            if (b.namespace, b.key) in seen or self.index.get(b.namespace, b.key) is not None:
-                continue
-            seen.add((b.namespace, b.key))
-            size = self.namespaces[b.namespace].block_bytes
-            if b.pin:
-                pinned_new += size
-            else:
-                largest_unpinned = max(largest_unpinned, size)
-        room = sum(t.capacity - self.placement.pinned_bytes[t.name] for t in self.tiers)
-        if pinned_new + largest_unpinned > room:
-            raise ResourceExhausted(
-                f"put needs room for {pinned_new + largest_unpinned} bytes but only {room} bytes of the "
-                "tiers are not pinned; unpin blocks or raise tier capacities"
-            )
 
     # Slots written in place by same-host clients (kvstore.shm.leases).
 
@@ -259,7 +156,7 @@ class Store:
             if stored is not None:
                 self.placement.touch_locked(stored, now)
                 active = self.active_session_locked(session, namespace, now) if session else None
-                self._claim_locked(stored, active, pin)
+                self.claim_locked(stored, active, pin)
             return stored
 
     # ------------------------------------------------------------------ reading
