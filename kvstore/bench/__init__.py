@@ -1,4 +1,4 @@
-"""Benchmarks: `kvstore bench replay | index | grpc | hints | dataplane | proxy | stall | vllm`.
+"""Benchmarks: `kvstore bench replay | index | grpc | hints | dataplane | proxy | stall | vllm | crash`.
 
 They print figures for notes; none of them is a timed test."""
 
@@ -9,6 +9,7 @@ import argparse
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     from kvstore.bench import (
+        crash_bench,
         dataplane_bench,
         grpc_bench,
         hints_bench,
@@ -29,3 +30,4 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     proxy_bench.add_parser(kinds)
     stall_bench.add_parser(kinds)
     vllm_bench.add_parser(kinds)
+    crash_bench.add_parser(kinds)
