@@ -181,9 +181,11 @@ class AgentPolicy(LRUPolicy):
         A lower tier has no prefetch into it worth counting on: its score is the long term alone."""
         if session.fanout is not None:
             return 1.0
+        return self._chance_back(session.absence(), self.short_horizon(session), level, now)
+
+    def _chance_back(self, away: Away, short: float, level: int, now: float) -> float:
+        """The blend `chance` describes, for an absence whose short horizon is `short`."""
         returns = self.view.sessions.returns
-        away = session.absence()
-        short = self.short_horizon(session)
         long = max(short, self.residence_s(level, now))
         p_long = 1.0 if math.isinf(long) else returns.chance_back(away, now, long)
         if level > 0:
@@ -217,15 +219,9 @@ class AgentPolicy(LRUPolicy):
     def _sessionless_chance(self, entry: BlockEntry, level: int, now: float) -> float:
         """A block never tied to a session, scored as a silent session of one block."""
         tiers = self.view.tiers
-        returns = self.view.sessions.returns
         away = Away(AwayKind.SILENT, "", entry.last_use)
         short = entry.size / self.view.link_bandwidth(tiers[-1].name, tiers[0].name) + self.config.horizon_s
-        long = max(short, self.residence_s(level, now))
-        p_long = 1.0 if math.isinf(long) else returns.chance_back(away, now, long)
-        if level > 0:
-            return p_long
-        q = self.prefetch_success
-        return q * returns.chance_back(away, now, short) + (1.0 - q) * p_long
+        return self._chance_back(away, short, level, now)
 
     # ------------------------------------------------------------------ victims
 
