@@ -61,12 +61,13 @@ class Hints:
     def _plan_locked(self, session: Session, event: str) -> None:
         session.seen = self.store.clock.now()
         self.registry.count_hint(event)
-        log.debug(
-            "session %s: %s",
-            session.id,
-            event,
-            extra={"session": session.id, "event": event, "state": session.state.value},
-        )
+        if log.isEnabledFor(logging.DEBUG):  # on every hint: build the record only when it is kept
+            log.debug(
+                "session %s: %s",
+                session.id,
+                event,
+                extra={"session": session.id, "event": event, "state": session.state.value},
+            )
         self.store.actions.queue(self.store.policy.on_session(session, event))
 
     def session(self, session_id: str) -> Session:

@@ -83,9 +83,8 @@ class RpcMetrics:
             }
         )
 
-    def observe(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        _, service, name = method.split("/", 2) if method.count("/") == 2 else ("", "", method)
-        self.seconds.labels(service.rsplit(".", 1)[-1], name, code.name).observe(seconds)
+    def observe(self, service: str, name: str, code: grpc.StatusCode, seconds: float) -> None:
+        self.seconds.labels(service, name, code.name).observe(seconds)
         if code is not grpc.StatusCode.OK:
             log.log(
                 logging.INFO if code in CLIENT_CODES else logging.WARNING,
@@ -95,6 +94,12 @@ class RpcMetrics:
                 seconds * 1e3,
                 extra={"rpc": name, "code": code.name, "ms": round(seconds * 1e3, 3)},
             )
+
+
+def _labels(method: str) -> tuple[str, str]:
+    """'/kvstore.v1.KVStore/Lookup' -> ('KVStore', 'Lookup')."""
+    _, service, name = method.split("/", 2) if method.count("/") == 2 else ("", "", method)
+    return service.rsplit(".", 1)[-1], name
 
 
 def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
@@ -115,6 +120,7 @@ class TimingInterceptor(WrappingInterceptor):
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         observe = self.metrics.observe
+        service, name = _labels(method)  # once per method: the wrapper is kept (interceptors.py)
 
         def unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -125,7 +131,7 @@ class TimingInterceptor(WrappingInterceptor):
                     error = exc
                     raise
                 finally:
-                    observe(method, _code(context, error), time.perf_counter() - started)
+                    observe(service, name, _code(context, error), time.perf_counter() - started)
 
             return timed
 
@@ -142,7 +148,7 @@ class TimingInterceptor(WrappingInterceptor):
                     error = exc
                     raise
                 finally:
-                    observe(method, _code(context, error), time.perf_counter() - started)
+                    observe(service, name, _code(context, error), time.perf_counter() - started)
 
             return timed
 

@@ -44,12 +44,13 @@ class SessionActions:
 
     def execute(self, plan: Plan) -> None:
         placement = self.placement
-        log.debug(
-            "plan %s for %s",
-            plan.kind.value,
-            plan.session or "the store",
-            extra={"plan": plan.kind.value, "session": plan.session, "level": plan.level},
-        )
+        if log.isEnabledFor(logging.DEBUG):  # on every plan run
+            log.debug(
+                "plan %s for %s",
+                plan.kind.value,
+                plan.session or "the store",
+                extra={"plan": plan.kind.value, "session": plan.session, "level": plan.level},
+            )
         if plan.kind is PlanKind.CHECK:
             with placement.lock:
                 more = placement.policy.on_check(plan)
