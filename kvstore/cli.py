@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -165,10 +164,10 @@ def _run_proxy(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535 or args.max_sessions < 1:
         print("kvstore proxy: --port must be 0-65535 and --max-sessions at least 1", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     from kvstore.proxy.app import ProxyConfig, serve
+    from kvstore.server.telemetry import configure_logging
+
+    configure_logging(args.log_level)
     from kvstore.proxy.tagging import SESSION_KEY
 
     config = ProxyConfig(

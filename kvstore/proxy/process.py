@@ -9,8 +9,9 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
+
+from kvstore.server.process import listening_on
 
 
 class ListeningProcess:
@@ -31,17 +32,11 @@ class ListeningProcess:
         return self._log.read().decode(errors="replace")
 
     def _wait_listening(self, pattern: re.Pattern[str], timeout: float) -> str:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline().decode()
-            if not line:
-                break
-            found = pattern.search(line)
-            if found:
-                return found.group(1)
-        self.proc.kill()
-        raise RuntimeError(f"{' '.join(self.proc.args)} did not start; log: {self.log()[-3000:]}")
+        url = listening_on(self.proc, pattern, timeout)
+        if url is None:
+            self.proc.kill()
+            raise RuntimeError(f"{' '.join(self.proc.args)} did not start; log: {self.log()[-3000:]}")
+        return url
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait; returns the exit code."""

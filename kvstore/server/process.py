@@ -19,6 +19,21 @@ _PREFAULTED = re.compile(rb"prefaulted (\d+) MiB of shared memory in ([0-9.]+) s
 PREFAULT_POLL_S = 0.05
 
 
+def listening_on(proc: subprocess.Popen[bytes], pattern: re.Pattern[str], timeout: float) -> str | None:
+    """Read the child's stdout until a line matches `pattern` (its group 1: where it listens), or
+    None when the child ends its output or `timeout` passes first."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline().decode()
+        if not line:
+            return None
+        found = pattern.search(line)
+        if found:
+            return found.group(1)
+    return None
+
+
 class ServerProcess:
     def __init__(
         self,
@@ -55,17 +70,11 @@ class ServerProcess:
         self._wait_healthy(start_timeout)
 
     def _wait_listening(self, timeout: float) -> str:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline().decode()
-            if not line:
-                break
-            m = _LISTENING.search(line)
-            if m:
-                return m.group(1)
-        self.proc.kill()
-        raise RuntimeError(f"kvstore serve did not start; log: {self.log_path.read_text()[-3000:]}")
+        address = listening_on(self.proc, _LISTENING, timeout)
+        if address is None:
+            self.proc.kill()
+            raise RuntimeError(f"kvstore serve did not start; log: {self.log_path.read_text()[-3000:]}")
+        return address
 
     def _wait_healthy(self, timeout: float) -> None:
         with grpc.insecure_channel(self.address) as channel:
