@@ -8,12 +8,11 @@ import json
 import logging
 import os
 import socket
-import time
 import urllib.request
 
 import grpc
 import pytest
-from conftest import BLOCK, ThreadedServer, make_settings
+from conftest import BLOCK, ThreadedServer, make_settings, wait_until
 from kvstore.sdk import AgentSession, AsyncAgentSession, Client
 
 from kvstore.kvctl import main as kvctl
@@ -28,15 +27,6 @@ def agent_server(tmp_path) -> ThreadedServer:
     srv = ThreadedServer(make_settings(tmp_path / "data", policy="agent"))
     yield srv
     srv.stop()
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def settled(server: ThreadedServer) -> bool:

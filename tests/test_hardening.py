@@ -14,22 +14,13 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
-from conftest import BLOCK, ThreadedServer, make_settings
+from conftest import BLOCK, ThreadedServer, make_settings, wait_until
 from kvstore.sdk import Client
 
 from kvstore.config import load_settings
 from kvstore.errors import FailedPrecondition
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 @pytest.fixture

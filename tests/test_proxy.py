@@ -7,19 +7,17 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import socket
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import ThreadedServer, make_settings
+from conftest import ThreadedServer, free_port, make_settings, wait_until
 
 from kvstore.bench.stub_upstream import AppThread, StubUpstream
 from kvstore.kvctl import main as kvctl
@@ -44,15 +42,6 @@ def post(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[in
             return reply.status, reply.read()
     except urllib.error.HTTPError as err:
         return err.code, err.read()
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.02)
-    return predicate()
 
 
 def chat(content: str = "fix the tests", **extra: Any) -> dict[str, Any]:
@@ -350,12 +339,6 @@ def test_bad_input_is_the_engines_to_answer_and_changes_nothing(setup: Setup) ->
         assert status == 413 and b"1024" in answer
     finally:
         proxy.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_an_unreachable_engine_is_a_502(setup: Setup) -> None:

@@ -5,26 +5,19 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
 import yaml
-from conftest import ThreadedServer, make_settings
+from conftest import ThreadedServer, free_port, make_settings
 from kvstore.sdk import AgentSession, Client
 
 from kvstore import __version__
 from kvstore.server.process import ServerProcess
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_metrics_carry_rpc_latencies_by_code_and_build_info(tmp_path: Path) -> None:
