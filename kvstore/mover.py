@@ -40,19 +40,28 @@ MEASURED_AFTER = 64 * 2**20  # a link's measured speed is trusted after this man
 
 class PlanQueue:
     """Plans by due time (thread-safe). A session's plans are dropped when `forget` says it moved
-    on; plans made before that are recognised by their generation and never returned."""
+    on; plans made before that are recognised by their generation and never returned.
+
+    Forgetting is O(1) (it happens on every hint): the dropped rows stay in the heap, skipped when
+    they surface, and the heap is rebuilt only once they outnumber the live ones.
+    """
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, int, Plan]] = []
         self._seq = itertools.count()
         self._current: dict[str, int] = {}  # session -> the generation its plans must carry
+        self._per_session: dict[str, int] = {}  # session -> its live rows in the heap
         self._live = 0
+        self._dropped = 0  # rows in the heap that will never run
         self._cond = threading.Condition()
 
     def push(self, plan: Plan) -> None:
         with self._cond:
             if plan.session and plan.generation >= 0:
-                self._current[plan.session] = max(self._current.get(plan.session, -1), plan.generation)
+                if plan.generation < self._current.get(plan.session, -1):
+                    return  # planned before its session moved on
+                self._forget(plan.session, plan.generation)
+                self._per_session[plan.session] = self._per_session.get(plan.session, 0) + 1
             sooner = not self._heap or plan.not_before < self._heap[0][0]
             heapq.heappush(self._heap, (plan.not_before, PRIORITY[plan.kind], next(self._seq), plan))
             self._live += 1
@@ -62,13 +71,30 @@ class PlanQueue:
     def forget(self, session: str, generation: int) -> None:
         """The session moved on (to `generation`): its earlier plans are dropped."""
         with self._cond:
-            if session in self._current and self._current[session] < generation:
-                self._current[session] = generation
-                self._heap = [row for row in self._heap if self._valid(row[3])]
-                heapq.heapify(self._heap)
-                self._live = len(self._heap)
-                if not any(row[3].session == session for row in self._heap):
-                    del self._current[session]
+            if session in self._current:
+                self._forget(session, generation)
+
+    def _forget(self, session: str, generation: int) -> None:
+        if self._current.get(session, -1) >= generation:
+            return
+        self._current[session] = generation
+        dropped = self._per_session.pop(session, 0)
+        self._live -= dropped
+        self._dropped += dropped
+        self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        # Amortised O(1): a rebuild costs O(heap) and waits until as many rows (or sessions) are
+        # dead as are alive.
+        if self._dropped > max(64, self._live) or len(self._current) > 2 * len(self._per_session) + 64:
+            self._compact()
+
+    def _compact(self) -> None:
+        self._heap = [row for row in self._heap if self._valid(row[3])]
+        heapq.heapify(self._heap)
+        self._dropped = 0
+        # Sessions with no plan left need no generation: their old rows are gone.
+        self._current = {s: g for s, g in self._current.items() if s in self._per_session}
 
     def pop_due(self, now: float) -> list[Plan]:
         """Plans whose time has come and whose session has not moved on, most urgent first."""
@@ -76,10 +102,10 @@ class PlanQueue:
         with self._cond:
             while self._heap and self._heap[0][0] <= now:
                 _, priority, seq, plan = heapq.heappop(self._heap)
-                self._live -= 1
-                if self._valid(plan):
+                if self._taken(plan):
                     due.append((priority, seq, plan))
             self._prune()
+            self._maybe_compact()
         return [plan for _, _, plan in sorted(due)]
 
     def next_due(self) -> float | None:
@@ -105,10 +131,24 @@ class PlanQueue:
             not plan.session or plan.generation < 0 or plan.generation >= self._current.get(plan.session, -1)
         )
 
+    def _taken(self, plan: Plan) -> bool:
+        """Account for a row leaving the heap; True when it is a live plan."""
+        if not self._valid(plan):
+            self._dropped -= 1
+            return False
+        self._live -= 1
+        if plan.session and plan.generation >= 0:
+            left = self._per_session[plan.session] - 1
+            if left:
+                self._per_session[plan.session] = left
+            else:
+                del self._per_session[plan.session]
+        return True
+
     def _prune(self) -> None:
         while self._heap and not self._valid(self._heap[0][3]):
             heapq.heappop(self._heap)
-            self._live -= 1
+            self._dropped -= 1
 
 
 @dataclass(slots=True)
