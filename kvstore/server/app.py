@@ -38,6 +38,7 @@ from kvstore.server.auth import AuthInterceptor, Guard, check_exposure
 from kvstore.server.datadir_lock import DataDirLock
 from kvstore.server.hint_worker import HintWorker
 from kvstore.server.hints_service import AgentHintsService
+from kvstore.server.interceptors import fused
 from kvstore.server.kvstore_service import KVStoreService
 from kvstore.server.malformed import MalformedRequests
 from kvstore.server.metrics import serve_metrics
@@ -171,7 +172,7 @@ class KVStoreServer:
         if self.tokens is not None:
             interceptors.append(AuthInterceptor(self.tokens, Guard(self.store, self.leases)))
         interceptors.append(MalformedRequests())
-        server = grpc.aio.server(options=grpc_options(s), interceptors=interceptors)
+        server = grpc.aio.server(options=grpc_options(s), interceptors=fused(interceptors))
         pb_grpc.add_KVStoreServicer_to_server(KVStoreService(self.store, self.leases), server)
         pb_grpc.add_AdminServicer_to_server(AdminService(self.store, self.leases), server)
         self._hint_worker = HintWorker(asyncio.get_running_loop())

@@ -2,12 +2,14 @@
 
 grpc.aio asks every interceptor for a handler on every call. Building wrapped handlers anew each
 time costs more than a hint's own work, so the wrapped handler is kept per method and reused while
-the handler under it is the same object (the registered one, or another cached wrapper).
+the handler under it is the same object (the registered one, or another cached wrapper). Each
+interceptor is also a coroutine call per RPC, so adjacent wrapping interceptors run as one
+(`fused`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 
@@ -33,3 +35,32 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         wrapped = self.wrap(handler, details.method)
         self._wrapped[details.method] = (handler, wrapped)
         return wrapped
+
+
+class WrappingChain(WrappingInterceptor):
+    """Several wrapping interceptors as one: the first wraps outermost, as in grpc.aio's list."""
+
+    def __init__(self, layers: Sequence[WrappingInterceptor]) -> None:
+        super().__init__()
+        self.layers = list(layers)
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        for layer in reversed(self.layers):
+            handler = layer.wrap(handler, method)
+        return handler
+
+
+def fused(interceptors: Sequence[grpc.aio.ServerInterceptor]) -> list[grpc.aio.ServerInterceptor]:
+    """The same interceptors in the same order, each run of adjacent wrapping ones made one."""
+    out: list[grpc.aio.ServerInterceptor] = []
+    run: list[WrappingInterceptor] = []
+    for interceptor in [*interceptors, None]:
+        if isinstance(interceptor, WrappingInterceptor):
+            run.append(interceptor)
+            continue
+        if run:
+            out.append(run[0] if len(run) == 1 else WrappingChain(run))
+            run = []
+        if interceptor is not None:
+            out.append(interceptor)
+    return out
