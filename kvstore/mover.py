@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +37,9 @@ PRIORITY = {
     PlanKind.OFFLOAD: 30,
 }
 MEASURED_AFTER = 64 * 2**20  # a link's measured speed is trusted after this many bytes
+# Woken by a plan pushed for now, the mover waits this long for the plans that follow it (a burst
+# of hints) before running them: one wake-up for the burst. Plans run seconds ahead; this is noise.
+COALESCE_S = 0.002
 
 
 class PlanQueue:
@@ -54,6 +58,8 @@ class PlanQueue:
         self._live = 0
         self._dropped = 0  # rows in the heap that will never run
         self._cond = threading.Condition()
+        self._sleeping_until = -math.inf  # the mover's wake-up time while it sleeps
+        self._woken = False
 
     def push(self, plan: Plan) -> None:
         with self._cond:
@@ -62,17 +68,16 @@ class PlanQueue:
                     return  # planned before its session moved on
                 self._forget(plan.session, plan.generation)
                 self._per_session[plan.session] = self._per_session.get(plan.session, 0) + 1
-            sooner = not self._heap or plan.not_before < self._heap[0][0]
             heapq.heappush(self._heap, (plan.not_before, PRIORITY[plan.kind], next(self._seq), plan))
             self._live += 1
-            if sooner:
+            if plan.not_before < self._sleeping_until:  # else the mover is awake, or wakes in time
+                self._sleeping_until = -math.inf
                 self._cond.notify_all()
 
     def forget(self, session: str, generation: int) -> None:
         """The session moved on (to `generation`): its earlier plans are dropped."""
         with self._cond:
-            if session in self._current:
-                self._forget(session, generation)
+            self._forget(session, generation)
 
     def _forget(self, session: str, generation: int) -> None:
         if self._current.get(session, -1) >= generation:
@@ -113,13 +118,26 @@ class PlanQueue:
             self._prune()
             return self._heap[0][0] if self._heap else None
 
-    def wait(self, timeout: float | None) -> None:
-        """Sleep until `timeout` passes or a plan due sooner than the current first is pushed."""
+    def sleep(self, now: float, other: float | None = None) -> None:
+        """The mover's sleep: until the first plan or `other` (another deadline) is due, a plan
+        due sooner is pushed, or `wake` is called. Looking at the queue and sleeping are one step
+        under the queue's lock, so a push in between cannot go unnoticed."""
         with self._cond:
-            self._cond.wait(timeout)
+            self._prune()
+            times = [t for t in (self._heap[0][0] if self._heap else None, other) if t is not None]
+            until = min(times, default=math.inf)
+            if not self._woken and until > now:
+                self._sleeping_until = until
+                pushed = self._cond.wait(None if until == math.inf else until - now)
+                if pushed and self._sleeping_until == -math.inf and not self._woken:
+                    self._cond.wait(COALESCE_S)
+                self._sleeping_until = -math.inf
+            self._woken = False
 
     def wake(self) -> None:
+        """End the mover's sleep now (a sooner deadline elsewhere, or shutdown)."""
         with self._cond:
+            self._woken = True
             self._cond.notify_all()
 
     @property

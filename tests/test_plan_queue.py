@@ -45,12 +45,14 @@ def test_plan_queue_matches_a_plain_model(steps: list[tuple]) -> None:
                     continue  # planned before its session moved on: never runs
                 if gen > generation[session]:
                     generation[session] = gen
-                    model = [row for row in model if row[3].session != session or not 0 <= row[3].generation < gen]
+                    model = [
+                        row for row in model if row[3].session != session or not 0 <= row[3].generation < gen
+                    ]
             model.append((plan.not_before, PRIORITY[kind], seq, plan))
             seq += 1
         elif step[0] == "forget":
             _, session, bump = step
-            if bump and any(row[3].session == session for row in model):
+            if bump:
                 generation[session] += bump
                 queue.forget(session, generation[session])
                 model = [row for row in model if row[3].session != session or row[3].generation < 0]
@@ -61,3 +63,36 @@ def test_plan_queue_matches_a_plain_model(steps: list[tuple]) -> None:
             assert queue.pop_due(now) == [row[3] for row in sorted(due, key=lambda r: (r[1], r[2]))]
         assert queue.pending == len(model)
         assert queue.next_due() == (min(row[0] for row in model) if model else None)
+
+
+def test_the_mover_sleeps_until_a_plan_is_due_and_wakes_for_a_sooner_one() -> None:
+    import threading
+    import time
+
+    queue = PlanQueue()
+    now = time.monotonic()
+    queue.push(Plan(PlanKind.OFFLOAD, now - 1.0, "a", 0))
+    queue.sleep(time.monotonic())  # one is due: no sleep at all (it would hang without a timeout)
+    assert [p.session for p in queue.pop_due(time.monotonic())] == ["a"]
+
+    queue.push(Plan(PlanKind.WARM, time.monotonic() + 3600.0, "b", 0))
+    woke = threading.Event()
+
+    def mover() -> None:
+        queue.sleep(time.monotonic())
+        woke.set()
+
+    thread = threading.Thread(target=mover)
+    thread.start()
+    assert not woke.wait(0.2)  # the only plan is an hour away
+    queue.push(Plan(PlanKind.OFFLOAD, time.monotonic(), "c", 0))  # due now: the mover wakes
+    assert woke.wait(10.0)
+    thread.join()
+
+    woke.clear()
+    thread = threading.Thread(target=mover)
+    thread.start()
+    queue.pop_due(time.monotonic())
+    queue.wake()  # shutdown, or a lease due sooner
+    assert woke.wait(10.0)
+    thread.join()

@@ -194,7 +194,7 @@ class KVStoreServer:
         except BaseException:
             # Nothing is served: give back the data dir and the shared segments for the next try.
             if self._hint_worker is not None:
-                await asyncio.to_thread(self._hint_worker.close)
+                await self._hint_worker.close()
             await asyncio.to_thread(self.store.close)
             self._dir_lock.release()
             raise
@@ -233,8 +233,7 @@ class KVStoreServer:
             except Exception:  # a failed move must not stop the mover for good
                 log.exception("a planned move failed")
                 deadline = None
-            due = [t for t in (plans.next_due(), deadline) if t is not None]
-            plans.wait(max(0.0, min(due) - clock.now()) if due else None)
+            plans.sleep(clock.now(), deadline)
 
     async def _save_learned(self) -> None:
         while True:
@@ -284,7 +283,7 @@ class KVStoreServer:
         if self._stop_metrics is not None:
             self._stop_metrics()
         if self._hint_worker is not None:
-            await asyncio.to_thread(self._hint_worker.close)
+            await self._hint_worker.close()
         if self.settings.flush_on_shutdown:
             flushed = await asyncio.to_thread(persistence.flush, self.store)
             log.info("flushed %d blocks to disk", flushed)
