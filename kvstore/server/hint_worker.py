@@ -3,9 +3,10 @@
 Hints change session metadata under the store's lock, so they never run on the asyncio loop (a
 move's bookkeeping would freeze health checks and every other RPC). A `ThreadPoolExecutor(1)`
 did that but cost two thread handoffs and one loop wake-up per hint, which capped hint
-throughput at under half a bare gRPC server's. Here the loop puts each hint on a queue; the
-worker drains what has piled up (up to `BATCH`), runs it, and hands all the results back to the
-loop in one `call_soon_threadsafe`, so under load one wake-up serves many hints.
+throughput at under half a bare gRPC server's. Here the loop gathers the hints of one loop
+iteration and hands them over together; the worker runs what has piled up (up to about `BATCH`)
+and hands all the results back to the loop in one `call_soon_threadsafe`. Under load one
+wake-up each way serves many hints, and the two threads trade the GIL per batch, not per hint.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ BATCH = 64
 T = TypeVar("T")
 
 _Job = tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]
+_STOP: list[_Job] = []  # handed over by `close`: no more batches follow
 
 
 def _settle(done: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
@@ -40,35 +42,41 @@ class HintWorker:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._batches: queue.SimpleQueue[list[_Job]] = queue.SimpleQueue()
+        self._gathered: list[_Job] = []  # this loop iteration's hints (touched on the loop only)
         self._thread = threading.Thread(target=self._serve, name="kvstore-hint-worker", daemon=True)
         self._thread.start()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         future: asyncio.Future[T] = self._loop.create_future()
-        self._jobs.put((future, fn, args))
+        self._gathered.append((future, fn, args))
+        if len(self._gathered) == 1:  # the first of this iteration: hand over once it is done
+            self._loop.call_soon(self._hand_over)
         return await future
 
-    def close(self) -> None:
-        """Finish the hints already queued, then stop the thread (blocks: call it off the loop)."""
-        self._jobs.put(None)
-        self._thread.join()
+    def _hand_over(self) -> None:
+        if self._gathered:
+            batch, self._gathered = self._gathered, []
+            self._batches.put(batch)
+
+    async def close(self) -> None:
+        """Finish every hint received, then stop the thread."""
+        self._hand_over()
+        self._batches.put(_STOP)
+        await asyncio.to_thread(self._thread.join)
 
     def _serve(self) -> None:
         stopping = False
         while not stopping:
-            jobs = [self._jobs.get()]
-            while len(jobs) < BATCH:
+            batches = [self._batches.get()]
+            while sum(map(len, batches)) < BATCH:
                 try:
-                    jobs.append(self._jobs.get_nowait())
+                    batches.append(self._batches.get_nowait())
                 except queue.Empty:
                     break
+            stopping = any(batch is _STOP for batch in batches)
             done = []
-            for job in jobs:
-                if job is None:
-                    stopping = True
-                    continue
-                future, fn, args = job
+            for future, fn, args in (job for batch in batches for job in batch):
                 try:
                     done.append((future, fn(*args), None))
                 except Exception as exc:  # a bad hint answers its own RPC; the thread goes on
