@@ -207,7 +207,7 @@ class RemoteConfig(BaseModel):
         ByteSize(8 * 2**30), ge=MIN_CAPACITY, description="bytes of Redis this worker's blocks may take"
     )
     write_through: bool = Field(
-        False, description="send every new block to Redis after its put (else: blocks leaving local tiers)"
+        True, description="send every new block to Redis after its put (off: only blocks leaving local tiers)"
     )
     timeout_s: float = Field(0.5, gt=0, le=60, description="bound on every Redis call")
 

@@ -61,6 +61,7 @@ class Deployment:
         if not self.tier.write_through:
             placement.on_dropped = self._dropped
         self.store.remote = self.tier
+        self.link.probe()  # connected before serving when Redis is there (at most timeout_s otherwise)
         self.tier.start()
         self.publisher.start()
 

@@ -3,6 +3,7 @@ servers (standalone and a 3-master cluster) that the tests start, kill and resta
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -18,6 +19,8 @@ from redis_servers import RedisCluster, RedisServer
 
 from kvstore.config import ConfigError, Settings, load_settings
 from kvstore.hashing import Namespace
+from kvstore.kvctl import main as kvctl
+from kvstore.server.process import ServerProcess
 from kvstore.tiers.redis_layout import BadValue, block_key, decode, encode, index_key, worker_key
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
@@ -147,9 +150,33 @@ async def test_async_route_is_the_twin_and_bad_requests_are_refused(
         a.stop()
 
 
+def test_kvctl_route_prints_the_candidates(
+    tmp_path: Path, fresh_redis: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = worker(tmp_path, "A", fresh_redis.url)
+    try:
+        with Client(a.address, shared_memory=False) as kv:
+            kv.put("t", kv.keys_for("t", range(8)), data(2))
+        tokens = ",".join(map(str, range(10)))
+        assert kvctl(["route", "--namespace", "t", "--tokens", tokens, "--address", a.address, "--json"]) == 0
+        reply = json.loads(capsys.readouterr().out)
+        assert reply["candidates"][0]["worker"] == "A" and reply["candidates"][0]["prefix_blocks"] == {
+            "hbm": 2
+        }
+        assert reply["candidates"][0]["uncovered_tokens"] == 2 and reply["index_used"] is True
+        assert kvctl(["route", "--namespace", "t", "--tokens", tokens, "--address", a.address]) == 0
+        assert "hbm 2" in capsys.readouterr().out
+        assert kvctl(["route", "--namespace", "nope", "--tokens", tokens, "--address", a.address]) == 1
+        assert "NOT_FOUND" in capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            kvctl(["route", "--namespace", "t", "--address", a.address])
+    finally:
+        a.stop()
+
+
 def test_route_ignores_workers_whose_record_is_gone(tmp_path: Path, fresh_redis: RedisServer) -> None:
     a = worker(tmp_path, "A", fresh_redis.url)
-    b = worker(tmp_path, "B", fresh_redis.url)
+    b = worker(tmp_path, "B", fresh_redis.url, write_through=False)
     try:
         with Client(a.address, shared_memory=False) as ka, Client(b.address, shared_memory=False) as kb:
             keys = ka.keys_for("t", range(12))
@@ -193,9 +220,8 @@ def test_demotion_sends_evicted_blocks_and_capacity_is_kvstores(
     # 2 blocks per local tier (6 in all), remote share 8 blocks; write_through off: blocks reach
     # Redis only when they fall out of the bottom tier.
     tiers = {"hbm": {"capacity": 2 * BLOCK}, "dram": {"capacity": 2 * BLOCK}, "disk": {"capacity": 2 * BLOCK}}
-    settings = make_settings(
-        tmp_path / "A", remote={"url": fresh_redis.url, "capacity": 8 * BLOCK}, worker_id="A", **tiers
-    )
+    remote = {"url": fresh_redis.url, "capacity": 8 * BLOCK, "write_through": False}
+    settings = make_settings(tmp_path / "A", remote=remote, worker_id="A", **tiers)
     a = ThreadedServer(settings)
     try:
         with Client(a.address, shared_memory=False) as kv:
@@ -246,6 +272,8 @@ def test_redis_killed_and_restarted_mid_run(
             blocks = data(8)
             ka.put("t", keys[:4], blocks[:4])
             assert wait_until(lambda: a.store.remote.stats().writes == 4)
+            assert wait_until(lambda: a.server.deployment.publisher.published == 4)
+            republished = a.server.deployment.publisher.republished
             caplog.clear()
             fresh_redis.kill()
             # Engines see no errors: local tiers serve, puts land, remote reads are fast misses.
@@ -279,7 +307,7 @@ def test_redis_killed_and_restarted_mid_run(
             assert route.index_used and route.candidates[0].worker == "A"
             assert kb.get("t", keys[7:]) == blocks[7:]
             stats = admin(a.address).Stats(pb.StatsRequest(), timeout=5).remote
-            assert stats.up and stats.episodes == 1 and stats.index_republished >= 2
+            assert stats.up and stats.episodes == 1 and stats.index_republished == republished + 1
             assert "reconnected" in caplog.text
     finally:
         a.stop()
@@ -331,3 +359,38 @@ def test_cluster_shares_blocks_and_survives_losing_it(tmp_path: Path) -> None:
         a.stop()
         b.stop()
         cluster.kill()
+
+
+# ---------------------------------------------------------------- the issue's check, as run
+
+
+def test_two_kvstore_serve_processes_on_one_redis(tmp_path: Path, fresh_redis: RedisServer) -> None:
+    """Two `kvstore serve --remote-url`: blocks put through the first are found by lookup and read
+    byte-identical through the second; route() on the second names a worker holding the prefix;
+    after Redis is killed the first still serves its blocks and accepts puts."""
+    small = ["--shared-memory", "off", "--dram", "16MiB", "--disk", "16MiB", "--remote-url", fresh_redis.url]
+    with (
+        ServerProcess(tmp_path / "one", [*small, "--worker-id", "one"]) as first,
+        ServerProcess(tmp_path / "two", [*small, "--worker-id", "two"]) as second,
+        Client(first.address) as k1,
+        Client(second.address) as k2,
+    ):
+        tokens = list(range(16 * 4))
+        keys = k1.keys_for("default", tokens)
+        blocks = [os.urandom(k1.namespace("default").block_bytes) for _ in keys]
+        assert k1.put("default", keys, blocks) == ["dram"] * 4
+        # write-through is on by default
+        found = wait_until(lambda: (f := k2.lookup("default", tokens=tokens)).prefix_blocks == 4 and f)
+        assert found.prefix_blocks == 4 and found.blocks_per_tier == {"remote": 4}
+        route = wait_until(
+            lambda: (r := k2.route("default", tokens=tokens)).candidates[0].worker == "one" and r
+        )
+        assert route and route.candidates[0].address == first.address
+        assert route.candidates[0].prefix_blocks == {"dram": 4}
+        assert k2.get("default", keys) == blocks
+        fresh_redis.kill()
+        more = k1.keys_for("default", range(16 * 5))[4:]
+        assert k1.put("default", more, [blocks[0]], parent=keys[-1]) == ["dram"]
+        assert k1.get("default", more) == [blocks[0]]
+        assert k2.get("default", keys) == blocks  # the second kept its copies locally
+    fresh_redis.start()
