@@ -128,6 +128,15 @@ def _stats(channel: grpc.Channel, args: argparse.Namespace, console: Console) ->
         f"(blocks found {reply.lookup_hit_blocks})   namespaces: "
         + ", ".join(f"{n.name} ({n.block_tokens} tok, {human(n.block_bytes)})" for n in reply.namespaces)
     )
+    if reply.HasField("remote"):
+        r = reply.remote
+        console.print(
+            f"remote (redis, worker {r.worker_id}): {'up' if r.up else '[red]DOWN[/red]'}, "
+            f"{human(r.used_bytes)} / {human(r.capacity_bytes)} in {r.blocks} blocks; hits {r.hits} "
+            f"misses {r.misses} corrupt {r.corrupt}; writes {r.writes} dropped {r.dropped_writes} "
+            f"queued {r.queued} evicted {r.evictions}; outages {r.episodes}; index published "
+            f"{r.index_published} (full {r.index_republished})"
+        )
     return None
 
 

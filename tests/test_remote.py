@@ -166,6 +166,8 @@ def test_kvctl_route_prints_the_candidates(
         assert reply["candidates"][0]["uncovered_tokens"] == 2 and reply["index_used"] is True
         assert kvctl(["route", "--namespace", "t", "--tokens", tokens, "--address", a.address]) == 0
         assert "hbm 2" in capsys.readouterr().out
+        assert kvctl(["stats", "--address", a.address]) == 0
+        assert "remote (redis, worker A): up" in capsys.readouterr().out
         assert kvctl(["route", "--namespace", "nope", "--tokens", tokens, "--address", a.address]) == 1
         assert "NOT_FOUND" in capsys.readouterr().err
         with pytest.raises(SystemExit):

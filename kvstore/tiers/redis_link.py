@@ -132,7 +132,12 @@ class RedisLink:
 
     def _connect(self) -> Client:
         t = self.timeout_s
-        common: dict[str, Any] = {"socket_timeout": t, "socket_connect_timeout": t}
+        # A 1 MiB read buffer: blocks are MiBs, and the default 32 KiB costs ~30% of get throughput.
+        common: dict[str, Any] = {
+            "socket_timeout": t,
+            "socket_connect_timeout": t,
+            "socket_read_size": 1 << 20,
+        }
         if self.cluster:
             # One try per call: an outage must cost one timeout, not several.
             return RedisCluster.from_url(self.url, retry=Retry(NoBackoff(), 0), **common)
