@@ -20,6 +20,7 @@ from redis_servers import RedisCluster, RedisServer
 from kvstore.config import ConfigError, Settings, load_settings
 from kvstore.hashing import Namespace
 from kvstore.kvctl import main as kvctl
+from kvstore.server.metrics import StoreCollector
 from kvstore.server.process import ServerProcess
 from kvstore.tiers.redis_layout import BadValue, block_key, decode, encode, index_key, worker_key
 from kvstore.v1 import kvstore_pb2 as pb
@@ -157,6 +158,7 @@ def test_kvctl_route_prints_the_candidates(
     try:
         with Client(a.address, shared_memory=False) as kv:
             kv.put("t", kv.keys_for("t", range(8)), data(2))
+        assert a.store.remote.flush()
         tokens = ",".join(map(str, range(10)))
         assert kvctl(["route", "--namespace", "t", "--tokens", tokens, "--address", a.address, "--json"]) == 0
         reply = json.loads(capsys.readouterr().out)
@@ -168,6 +170,10 @@ def test_kvctl_route_prints_the_candidates(
         assert "hbm 2" in capsys.readouterr().out
         assert kvctl(["stats", "--address", a.address]) == 0
         assert "remote (redis, worker A): up" in capsys.readouterr().out
+        metrics = {m.name: m for m in StoreCollector(a.store).collect()}
+        assert metrics["kvstore_remote_up"].samples[0].value == 1
+        outcomes = {s.labels["outcome"]: s.value for s in metrics["kvstore_remote_blocks"].samples}
+        assert outcomes["writes"] == 2
         assert kvctl(["route", "--namespace", "nope", "--tokens", tokens, "--address", a.address]) == 1
         assert "NOT_FOUND" in capsys.readouterr().err
         with pytest.raises(SystemExit):
