@@ -125,7 +125,7 @@ class RedisLink:
         self.last_error = _describe(exc)
         self._next_probe = time.monotonic() + PROBE_EVERY_S
         log.warning(
-            "redis at %s failed (%s): remote reads miss and writes are dropped until it is back",
+            "redis at %s failed (%s): remote reads miss and writes wait (bounded) until it is back",
             _redact(self.url),
             self.last_error,
         )
