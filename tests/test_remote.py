@@ -13,9 +13,9 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import BLOCK, ThreadedServer, make_settings, wait_until
+from conftest import BLOCK, ThreadedServer, free_port, make_settings, wait_until
 from kvstore.sdk import AsyncClient, Client
-from redis_servers import RedisCluster, RedisServer
+from redis_servers import RedisCluster, RedisServer, need_redis
 
 from kvstore.config import ConfigError, Settings, load_settings
 from kvstore.hashing import Namespace
@@ -23,6 +23,8 @@ from kvstore.kvctl import main as kvctl
 from kvstore.server.metrics import StoreCollector
 from kvstore.server.process import ServerProcess
 from kvstore.tiers.redis_layout import BadValue, block_key, decode, encode, index_key, worker_key
+from kvstore.tiers.redis_link import RedisLink
+from kvstore.tiers.remote import RemoteTier
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 
@@ -320,6 +322,39 @@ def test_redis_killed_and_restarted_mid_run(
     finally:
         a.stop()
         b.stop()
+
+
+def test_redis_down_at_start_then_up(tmp_path: Path) -> None:
+    need_redis()
+    port = free_port()
+    a = worker(tmp_path, "A", f"redis://127.0.0.1:{port}/0")
+    try:
+        with Client(a.address, shared_memory=False) as kv:
+            keys = kv.keys_for("t", range(8))
+            blocks = data(2)
+            assert kv.put("t", keys, blocks) == ["hbm", "hbm"]
+            assert kv.get("t", keys) == blocks
+            assert admin(a.address).Health(pb.HealthRequest(), timeout=5).status == "DEGRADED"
+            late = RedisServer(tmp_path, port=port)
+            try:
+                r = late.client()
+                assert wait_until(lambda: r.hget(index_key(NS, keys[1]), "A") == b"hbm")  # published
+                assert wait_until(lambda: r.exists(block_key(NS, keys[1])))  # the queued write-through
+                assert admin(a.address).Health(pb.HealthRequest(), timeout=5).status == "SERVING"
+            finally:
+                late.kill()
+    finally:
+        a.stop()
+
+
+def test_write_queue_is_bounded_and_counts_what_it_drops() -> None:
+    link = RedisLink(f"redis://127.0.0.1:{free_port()}/0", False, 0.2)  # nothing listens there
+    tier = RemoteTier(link, {"t": NS}, 1 << 20, True, lambda ns, key: None, queue_bytes=BLOCK, queue_blocks=3)
+    assert tier.offer("t", b"a" * 32, data=data(1)[0])
+    assert not tier.offer("t", b"b" * 32, data=data(1)[0])  # past the byte bound
+    assert tier.offer("t", b"c" * 32) and tier.offer("t", b"d" * 32)  # write-through: keys only
+    assert not tier.offer("t", b"e" * 32)  # past the block bound
+    assert tier.stats().dropped_writes == 2 and tier.stats().queued == 3
 
 
 def test_slow_redis_costs_a_timeout_not_an_error(tmp_path: Path, fresh_redis: RedisServer) -> None:
