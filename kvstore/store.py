@@ -348,6 +348,7 @@ class Store:
                 self.sessions.check_room([session])
             match = self.index.longest_prefix(namespace, keys)
             self.lookups += 1
+            self.lookup_hit_blocks += match.blocks
             if session:
                 self.sessions.rebind(
                     self.active_session_locked(session, namespace, self.clock.now()), match.entries
@@ -357,8 +358,8 @@ class Store:
             match.remote = remote.prefix(namespace, keys[match.blocks :])
             if match.remote:
                 match.blocks_per_tier["remote"] = match.remote
-        with self.lock:
-            self.lookup_hit_blocks += match.blocks
+                with self.lock:
+                    self.lookup_hit_blocks += match.remote
         return match
 
     def active_session_locked(self, session_id: str, namespace: str, now: float) -> Session:
