@@ -85,7 +85,16 @@ class RedisCluster:
     """Three masters, no replicas (`redis-cli --cluster create`)."""
 
     def __init__(self, workdir: Path) -> None:
-        self.nodes = [RedisServer(workdir, cluster=True) for _ in range(3)]
+        self.nodes: list[RedisServer] = []
+        try:
+            self._create(workdir)
+        except BaseException:  # no node outlives a cluster that did not come up
+            self.kill()
+            raise
+
+    def _create(self, workdir: Path) -> None:
+        for _ in range(3):
+            self.nodes.append(RedisServer(workdir, cluster=True))
         addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
         subprocess.run(
             [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
