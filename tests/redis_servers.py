@@ -67,6 +67,7 @@ class RedisServer:
                 break
             except redis.ConnectionError:
                 if time.monotonic() > deadline:
+                    self.kill()
                     raise
                 time.sleep(0.02)
         client.close()
