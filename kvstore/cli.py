@@ -36,6 +36,12 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help="keep host tiers in /dev/shm so same-host clients read and write in place (default auto)",
     )
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument(
+        "--remote-url",
+        metavar="URL",
+        help="shared remote tier and global index on Redis: redis://HOST:PORT/DB",
+    )
+    p.add_argument("--worker-id", help="this worker's name in the global index (default host:port)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["text", "json"], help="json: one JSON object per line")
     p.add_argument(
@@ -76,8 +82,11 @@ def _nested(args: argparse.Namespace) -> dict:
             "metrics_port",
             "log_level",
             "log_format",
+            "worker_id",
         )
     }
+    if args.remote_url is not None:
+        flags["remote"] = {"url": args.remote_url}
     if args.tracing:
         flags["tracing"] = {"enabled": True}
     for tier in ("hbm", "dram", "disk"):

@@ -194,6 +194,31 @@ class TlsConfig(BaseModel):
         return self.cert is not None
 
 
+class RemoteConfig(BaseModel):
+    """The shared `remote` tier on Redis and the global prefix index (README "Across machines")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(
+        None, description="redis://HOST:PORT/DB (rediss:// for TLS); unset: no remote tier"
+    )
+    cluster: bool = Field(False, description="the URL names one node of a Redis Cluster")
+    capacity: ByteSize = Field(
+        ByteSize(8 * 2**30), ge=MIN_CAPACITY, description="bytes of Redis this worker's blocks may take"
+    )
+    write_through: bool = Field(
+        True, description="send every new block to Redis after its put (off: only blocks leaving local tiers)"
+    )
+    timeout_s: float = Field(0.5, gt=0, le=60, description="bound on every Redis call")
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"(rediss?|unix)://", v):
+            raise ValueError("must start with redis://, rediss:// or unix://, e.g. redis://127.0.0.1:6379/0")
+        return v
+
+
 def _default_namespaces() -> list[NamespaceConfig]:
     # Llama-3-8B in bf16 is 128 KiB per token; 16-token blocks are vLLM's default block size.
     return [
@@ -227,6 +252,13 @@ class Settings(BaseSettings):
     namespaces: list[NamespaceConfig] = Field(default_factory=_default_namespaces)
     auth: AuthConfig = AuthConfig()
     tls: TlsConfig = TlsConfig()
+    remote: RemoteConfig = RemoteConfig()
+    worker_id: str = Field(
+        "", max_length=200, description="this worker's name in the global index (default: host:port)"
+    )
+    advertise_address: str = Field(
+        "", max_length=200, description="where routers send this worker's requests (default: host:port)"
+    )
 
     @field_validator("policy")
     @classmethod

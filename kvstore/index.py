@@ -43,18 +43,20 @@ class BlockEntry:
 
 @dataclass(slots=True)
 class PrefixMatch:
-    """How long a prefix of a chain is stored, and in which tiers."""
+    """How long a prefix of a chain is stored, and in which tiers: `entries` in the local tiers,
+    then `remote` more blocks in the shared remote tier (kvstore.tiers.remote)."""
 
     entries: list[BlockEntry]
     blocks_per_tier: dict[str, int] = field(default_factory=dict)
+    remote: int = 0
 
     @property
     def blocks(self) -> int:
-        return len(self.entries)
+        return len(self.entries) + self.remote
 
     @property
     def tiers(self) -> list[str]:
-        return [e.tier for e in self.entries]
+        return [e.tier for e in self.entries] + ["remote"] * self.remote
 
 
 class Index:

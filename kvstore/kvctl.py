@@ -128,6 +128,15 @@ def _stats(channel: grpc.Channel, args: argparse.Namespace, console: Console) ->
         f"(blocks found {reply.lookup_hit_blocks})   namespaces: "
         + ", ".join(f"{n.name} ({n.block_tokens} tok, {human(n.block_bytes)})" for n in reply.namespaces)
     )
+    if reply.HasField("remote"):
+        r = reply.remote
+        console.print(
+            f"remote (redis, worker {r.worker_id}): {'up' if r.up else '[red]DOWN[/red]'}, "
+            f"{human(r.used_bytes)} / {human(r.capacity_bytes)} in {r.blocks} blocks; hits {r.hits} "
+            f"misses {r.misses} corrupt {r.corrupt}; writes {r.writes} dropped {r.dropped_writes} "
+            f"queued {r.queued} evicted {r.evictions}; outages {r.episodes}; index published "
+            f"{r.index_published} (full {r.index_republished})"
+        )
     return None
 
 
@@ -255,6 +264,39 @@ def _health(channel: grpc.Channel, args: argparse.Namespace, console: Console) -
     return None
 
 
+def _route(channel: grpc.Channel, args: argparse.Namespace, console: Console) -> Any:
+    if (args.keys is None) == (args.tokens is None):
+        raise SystemExit("kvctl route: give the prompt as --keys HEX,HEX,... or --tokens N,N,... (one)")
+    request = pb.RouteRequest(namespace=args.namespace, keys=args.keys or [], tokens=args.tokens or [])
+    if args.load_weight is not None:
+        request.load_weight = args.load_weight
+    request.limit = args.limit
+    reply = pb_grpc.AdminStub(channel).Route(request, timeout=args.timeout)
+    if args.json:
+        return to_json(reply)
+    note = "" if reply.index_used else " — global index not read (no Redis, or it is down): this worker only"
+    table = Table(title=f"route for {reply.chain_blocks} blocks of {args.namespace}{note}")
+    _id_column(table, "worker", args.wide)
+    for col in ("address", "prefix blocks", "load", "uncovered", "cost"):
+        table.add_column(col, justify="left" if col in ("address", "prefix blocks") else "right")
+    for c in reply.candidates:
+        held = ", ".join(f"{t} {n}" for t, n in sorted(c.prefix_blocks.items())) or "-"
+        table.add_row(c.worker, c.address, held, f"{c.load:.0f}", str(c.uncovered_tokens), f"{c.cost:.1f}")
+    console.print(table)
+    return None
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of token ids") from None
+
+
+def _key_list(text: str) -> list[bytes]:
+    return [_hex_key(t.strip()) for t in text.split(",") if t.strip()]
+
+
 def _options(in_command: bool) -> argparse.ArgumentParser:
     """The options every command takes. After the command they default to "not given", so a value
     given before the command is kept (`kvctl --json stats` and `kvctl stats --json` agree)."""
@@ -354,6 +396,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     close.add_argument("session_id", metavar="ID", help="the session's id (see `kvctl sessions`)")
     close.set_defaults(run=_session_close)
+
+    p = sub.add_parser(
+        "route",
+        parents=options,
+        help="which workers should take a prompt (global prefix index)",
+        description="Workers to send a request to, best first: the prefix blocks each can serve per tier, "
+        "its load and its cost (tokens to prefill not covered + tier fetch penalties + load weight x load).",
+    )
+    p.add_argument("--namespace", required=True, help="namespace of the prompt")
+    p.add_argument("--tokens", type=_int_list, help="the prompt's token ids, comma-separated")
+    p.add_argument("--keys", type=_key_list, help="the prompt's chain of hex block keys, comma-separated")
+    p.add_argument(
+        "--load-weight", type=float, help="tokens of prefill one token of load is worth (default 1)"
+    )
+    p.add_argument("--limit", type=int, default=0, help="at most this many candidates (default all)")
+    p.set_defaults(run=_route)
 
     p = sub.add_parser(
         "health",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +92,11 @@ class Placement:
         self.pinned_blocks = {t.name: 0 for t in self.tiers}
         self.sessions.on_orphan = policy.on_orphan
         self.sessions.on_claimed = policy.on_claimed
+        # Hooks of the deployment (kvstore.deployment), None on a lone worker:
+        # on_change(entry, tier or None when gone, new), under the lock, O(1);
+        # on_dropped(entry, bytes), off the lock, for a block pushed out of the bottom tier.
+        self.on_change: Callable[[BlockEntry, str | None, bool], None] | None = None
+        self.on_dropped: Callable[[BlockEntry, bytes], None] | None = None
 
     # ------------------------------------------------------------------ bookkeeping (lock held)
 
@@ -106,6 +111,8 @@ class Placement:
         self.index.add(entry)
         self.tier_blocks[entry.tier] += 1
         self.policy.on_insert(entry)
+        if self.on_change is not None:
+            self.on_change(entry, entry.tier, True)
 
     def touch_locked(self, entry: BlockEntry, now: float) -> None:
         entry.last_use = now
@@ -141,6 +148,8 @@ class Placement:
         self._leave_tier(entry)
         if count:
             self.counters[entry.tier].drops += 1
+        if self.on_change is not None:
+            self.on_change(entry, None, False)
 
     def claim_victims_locked(self, level: int, nbytes: int, below: float | None) -> list[BlockEntry] | None:
         """Victims to push out of tiers[level] so `nbytes` more fit, claimed (marked moving) so that
@@ -168,6 +177,11 @@ class Placement:
         drop it when there is no tier or no room below. A victim that gained a reader stays."""
         outcome = self.move(victim, level + 1, claimed=True) if level + 1 < len(self.tiers) else Moved.NO_ROOM
         if outcome is Moved.NO_ROOM:
+            on_dropped = self.on_dropped
+            if on_dropped is not None:  # claimed (moving): nobody frees it while it is read
+                data = self.read(victim)
+                if data is not None:
+                    on_dropped(victim, data)
             with self.lock:
                 victim.moving = False
                 if self.held_locked(victim) and victim.movable:
@@ -326,6 +340,8 @@ class Placement:
         wasted = self.sessions.on_move(entry, from_tier)  # sessions first: the policy reads their bytes
         self.policy.on_move(entry, from_tier)
         self._count_wasted(entry, wasted)
+        if self.on_change is not None:
+            self.on_change(entry, entry.tier, False)
 
     def _leave_tier(self, entry: BlockEntry) -> None:
         self.tier_blocks[entry.tier] -= 1

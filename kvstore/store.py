@@ -35,6 +35,7 @@ from kvstore.index import BlockEntry, PrefixMatch
 from kvstore.placement import Moved, Placement
 from kvstore.sessions import Session
 from kvstore.sessions.actions import SessionActions
+from kvstore.tiers.remote import RemoteTier
 from kvstore.validation import Checks, Limits
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ class Store:
         self.counters = placement.counters
         self.plan_feed = actions.feed
         self.misses = self.lookups = self.lookup_hit_blocks = 0
+        # The shared tier on Redis, asked after the local tiers (set by kvstore.deployment).
+        self.remote: RemoteTier | None = None
 
     # ------------------------------------------------------------------ lookups of entries
 
@@ -200,6 +203,7 @@ class Store:
             out.append(None if data is None else Read(key, entry.meta, entry.tier, data=data))  # type: ignore[union-attr]
             if data is None and stop_at_miss:
                 break
+        fetched = self._read_remote(namespace, keys, found, out, stop_at_miss)
         promote: list[tuple[BlockEntry, bytes | None]] = []
         with self.lock:
             now = self.clock.now()
@@ -210,13 +214,66 @@ class Store:
                     entry.readers -= 1
                 if i >= len(out):
                     continue  # after a stop: neither a hit nor a miss
-                if read is None or entry is None:
+                if read is None:
                     self.misses += 1
-                elif self._served_locked(entry, active, now) and read.held is None:
+                elif entry is not None and self._served_locked(entry, active, now) and read.held is None:
                     promote.append((entry, read.data))
         for entry, data in promote:
             placement.move(entry, 0, data=data)
+        for entry, data in fetched:  # a copy in the local tiers: the next read stays on this host
+            placement.place(entry, data)
         return out
+
+    def _read_remote(
+        self,
+        namespace: str,
+        keys: Sequence[bytes],
+        found: list[BlockEntry | None],
+        out: list[Read | None],
+        stop_at_miss: bool,
+    ) -> list[tuple[BlockEntry, bytes]]:
+        """Fill the misses of a read from the remote tier (off the lock), within the call's byte
+        limit; returns the blocks read, as new entries to place in the local tiers."""
+        remote = self.remote
+        if remote is None or all(r is not None for r in out):
+            return []
+        if stop_at_miss:  # the local read stopped at its first miss: read on from there
+            wanted = list(range(len(out) - 1, len(keys)))
+        else:
+            wanted = [i for i, r in enumerate(out) if r is None]
+        size = self.namespaces[namespace].block_bytes
+        copied = sum(len(r.data) for r in out if r is not None and r.data is not None)
+        wanted = wanted[: max(0, self.check.limits.max_get_bytes - copied) // size]
+        blocks = remote.fetch(namespace, [keys[i] for i in wanted])
+        fetched = []
+        for i, block in zip(wanted, blocks, strict=True):
+            if block is None and stop_at_miss:
+                break
+            if block is None:
+                continue
+            read = Read(keys[i], block.meta, remote.name, data=block.data)
+            if i < len(out):
+                out[i] = read
+            else:  # past the local stop: counted by the remote tier, not as a local hit
+                out.append(read)
+            entry = BlockEntry(namespace, keys[i], block.parent, size, "", meta=block.meta)
+            fetched.append((entry, block.data))
+        return fetched
+
+    def read_local(self, namespace: str, key: bytes) -> tuple[bytes | None, bytes, bytes] | None:
+        """A stored block's parent, meta and bytes, or None when it is not stored (the remote
+        tier's writer: write-through sends what a put stored, read back here off the lock)."""
+        with self.lock:
+            entry = self.index.get(namespace, key)
+            if entry is None:
+                return None
+            entry.readers += 1
+        try:
+            data = self.placement.read(entry)
+        finally:
+            with self.lock:
+                entry.readers -= 1
+        return None if data is None else (entry.parent, entry.meta, data)
 
     def release(self, entries: Iterable[BlockEntry]) -> None:
         """Give back the reader counts `read(..., hold=...)` left on blocks."""
@@ -296,7 +353,14 @@ class Store:
                 self.sessions.rebind(
                     self.active_session_locked(session, namespace, self.clock.now()), match.entries
                 )
-            return match
+        remote = self.remote
+        if remote is not None and match.blocks < len(keys):  # off the lock: a network round trip
+            match.remote = remote.prefix(namespace, keys[match.blocks :])
+            if match.remote:
+                match.blocks_per_tier["remote"] = match.remote
+                with self.lock:
+                    self.lookup_hit_blocks += match.remote
+        return match
 
     def active_session_locked(self, session_id: str, namespace: str, now: float) -> Session:
         """The session a data-path call names (opened on first use): it is back from whatever it
@@ -319,7 +383,9 @@ class Store:
             _require_movable(entries)
             for entry in entries:
                 self.placement.drop_locked(entry, count=False)
-            return len(entries)
+        if self.remote is not None:  # a deleted block must not come back from the shared tier
+            self.remote.delete(namespace, keys)
+        return len(entries)
 
     def pin(self, namespace: str, keys: Sequence[bytes]) -> int:
         self.check.namespace(namespace)
@@ -392,7 +458,8 @@ class Store:
         return self.actions.run_due()
 
     def close(self) -> None:
-        """Save what was learned and release the tiers (flush first with `persistence.flush`)."""
+        """Save what was learned and release the tiers (flush first with `persistence.flush`; close
+        the deployment, if any, first)."""
         self.sessions.returns.save()
         self.placement.copier.close()
         for tier in self.tiers:

@@ -3,7 +3,15 @@
 from kvstore.sdk.agent import AgentSession, AsyncAgentSession, Fanout, current_session, tool
 from kvstore.sdk.async_client import AsyncClient
 from kvstore.sdk.client import Client
-from kvstore.sdk.core import DEFAULT_ADDRESS, LookupResult, NamespaceInfo, PlanEvent, StoredBlock
+from kvstore.sdk.core import (
+    DEFAULT_ADDRESS,
+    Candidate,
+    LookupResult,
+    NamespaceInfo,
+    PlanEvent,
+    RouteResult,
+    StoredBlock,
+)
 from kvstore.sdk.pool import SessionPool
 from kvstore.sdk.sender import HintSender
 
@@ -21,6 +29,7 @@ __all__ = [
     "AgentSession",
     "AsyncAgentSession",
     "AsyncClient",
+    "Candidate",
     "Client",
     "FailedPrecondition",
     "Fanout",
@@ -32,6 +41,7 @@ __all__ = [
     "NotFound",
     "PlanEvent",
     "ResourceExhausted",
+    "RouteResult",
     "SessionPool",
     "StoredBlock",
     "Unavailable",

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import grpc
 from kvstore.sdk import auth, core
 from kvstore.sdk.base import ClientBase, Op, Rpc
-from kvstore.sdk.core import LookupResult, NamespaceInfo, PlanEvent, StoredBlock
+from kvstore.sdk.core import LookupResult, NamespaceInfo, PlanEvent, RouteResult, StoredBlock
 
 T = TypeVar("T")
 
@@ -34,7 +34,7 @@ class AsyncClient(ClientBase):
                 value, send = core.translate(exc), op.throw
 
     async def _invoke(self, rpc: Rpc) -> Any:
-        method = getattr(self._kv, rpc.method)
+        method = getattr(self._admin if rpc.admin else self._kv, rpc.method)
         if rpc.streams:
             return [reply async for reply in method(rpc.request, timeout=self.timeout)]
         # a Put's blocks are encoded before the call, not on the event loop's callbacks
@@ -105,6 +105,18 @@ class AsyncClient(ClientBase):
     ) -> LookupResult:
         """How long a prefix of the chain (keys, or tokens the server hashes) is stored, and where."""
         return await self._run(self._lookup(namespace, keys, tokens, session))
+
+    async def route(
+        self,
+        namespace: str,
+        *,
+        keys: Sequence[bytes] | None = None,
+        tokens: Sequence[int] | None = None,
+        load_weight: float | None = None,
+        limit: int = 0,
+    ) -> RouteResult:
+        """Workers to send a request with this prompt to, best first (see `Client.route`)."""
+        return await self._run(self._route(namespace, keys, tokens, load_weight, limit))
 
     async def delete(self, namespace: str, keys: Sequence[bytes]) -> int:
         return await self._run(self._delete(namespace, keys))

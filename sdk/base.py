@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kvstore.sdk import auth, core, shm
-from kvstore.sdk.core import LookupResult, NamespaceInfo, StoredBlock
+from kvstore.sdk.core import LookupResult, NamespaceInfo, RouteResult, StoredBlock
 
 from kvstore import errors
 from kvstore.v1 import kvstore_pb2 as pb
@@ -27,12 +27,14 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Rpc:
-    """One KVStore call an operation needs: the method's name and its request (an iterator of
-    requests for Put). `streams`: the reply is a stream, handed back as a list."""
+    """One call an operation needs: the method's name and its request (an iterator of requests
+    for Put). `streams`: the reply is a stream, handed back as a list. `admin`: an Admin method
+    (else KVStore)."""
 
     method: str
     request: Any
     streams: bool = False
+    admin: bool = False
 
 
 Op = Generator[Rpc, Any, T]
@@ -66,6 +68,7 @@ class ClientBase:
         self._attach_lock = threading.Lock()  # held for bookkeeping only, never across a call
         self._channel = self._open_channel(core.target(address), core.channel_options(max_message_bytes))
         self._kv = pb_grpc.KVStoreStub(self._channel)
+        self._admin = pb_grpc.AdminStub(self._channel)
         self._namespaces: dict[str, NamespaceInfo] = {}
 
     def _open_channel(self, target: str, options: list[tuple[str, int]]) -> Any:
@@ -235,6 +238,17 @@ class ClientBase:
     ) -> Op[LookupResult]:
         reply = yield Rpc("Lookup", core.lookup_request(namespace, keys, tokens, session))
         return core.lookup_result(reply, keys)
+
+    def _route(
+        self,
+        namespace: str,
+        keys: Sequence[bytes] | None,
+        tokens: Sequence[int] | None,
+        load_weight: float | None,
+        limit: int,
+    ) -> Op[RouteResult]:
+        request = core.route_request(namespace, keys, tokens, load_weight, limit)
+        return core.route_result((yield Rpc("Route", request, admin=True)), keys)
 
     def _delete(self, namespace: str, keys: Sequence[bytes]) -> Op[int]:
         return (yield Rpc("Delete", pb.DeleteRequest(namespace=namespace, keys=list(keys)))).deleted

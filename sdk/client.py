@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import grpc
 from kvstore.sdk import auth, core
 from kvstore.sdk.base import ClientBase, Op, Rpc
-from kvstore.sdk.core import LookupResult, NamespaceInfo, PlanEvent, StoredBlock
+from kvstore.sdk.core import LookupResult, NamespaceInfo, PlanEvent, RouteResult, StoredBlock
 
 T = TypeVar("T")
 
@@ -44,7 +44,7 @@ class Client(ClientBase):
                 value, send = core.translate(exc), op.throw
 
     def _invoke(self, rpc: Rpc) -> Any:
-        reply = getattr(self._kv, rpc.method)(rpc.request, timeout=self.timeout)
+        reply = getattr(self._admin if rpc.admin else self._kv, rpc.method)(rpc.request, timeout=self.timeout)
         return list(reply) if rpc.streams else reply
 
     def __enter__(self) -> Client:
@@ -115,6 +115,21 @@ class Client(ClientBase):
     ) -> LookupResult:
         """How long a prefix of the chain (keys, or tokens the server hashes) is stored, and where."""
         return self._run(self._lookup(namespace, keys, tokens, session))
+
+    def route(
+        self,
+        namespace: str,
+        *,
+        keys: Sequence[bytes] | None = None,
+        tokens: Sequence[int] | None = None,
+        load_weight: float | None = None,
+        limit: int = 0,
+    ) -> RouteResult:
+        """Workers to send a request with this prompt (keys, or tokens the server hashes) to, best
+        first: each with its address, the prefix blocks it can serve per tier, its load and its
+        cost (uncovered prefill tokens + tier fetch penalties + load_weight x load; 0 chases cache
+        hits only). Ask any worker of a deployment on Redis; a lone worker names itself."""
+        return self._run(self._route(namespace, keys, tokens, load_weight, limit))
 
     def delete(self, namespace: str, keys: Sequence[bytes]) -> int:
         return self._run(self._delete(namespace, keys))

@@ -260,6 +260,60 @@ def lookup_result(reply: pb.LookupResponse, keys: Sequence[bytes] | None) -> Loo
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """A worker to send a request to: where, how much of the prompt's prefix it can serve (blocks
+    per tier), its load (pending tokens) and its cost (kvstore/routing.py; lower is better)."""
+
+    worker: str
+    address: str
+    prefix_blocks: dict[str, int]
+    load: float
+    cost: float
+    uncovered_tokens: int
+
+    @property
+    def cached_blocks(self) -> int:
+        return sum(self.prefix_blocks.values())
+
+
+@dataclass(frozen=True)
+class RouteResult:
+    candidates: list[Candidate]  # best first
+    chain_blocks: int
+    index_used: bool  # False: the server could not read the global index (this worker only)
+    keys: list[bytes]
+
+
+def route_request(
+    namespace: str,
+    keys: Sequence[bytes] | None,
+    tokens: Sequence[int] | None,
+    load_weight: float | None,
+    limit: int,
+) -> pb.RouteRequest:
+    if (keys is None) == (tokens is None):
+        raise ValueError("pass exactly one of keys= or tokens=")
+    request = pb.RouteRequest(
+        namespace=namespace, keys=list(keys or ()), tokens=list(tokens or ()), limit=limit
+    )
+    if load_weight is not None:
+        request.load_weight = load_weight
+    return request
+
+
+def route_result(reply: pb.RouteResponse, keys: Sequence[bytes] | None) -> RouteResult:
+    return RouteResult(
+        [
+            Candidate(c.worker, c.address, dict(c.prefix_blocks), c.load, c.cost, c.uncovered_tokens)
+            for c in reply.candidates
+        ],
+        reply.chain_blocks,
+        reply.index_used,
+        list(keys) if keys is not None else list(reply.keys),
+    )
+
+
+@dataclass(frozen=True)
 class PlanEvent:
     """A plan the server executed (`WatchPlans`). "warm": `session` is expected back in `due_in_s`
     (from `received`, a time.monotonic() of this process), so its KV should be in the engine by then."""

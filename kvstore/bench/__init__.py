@@ -1,4 +1,5 @@
-"""Benchmarks: `kvstore bench replay | index | grpc | hints | dataplane | proxy | stall | vllm | crash`.
+"""Benchmarks: `kvstore bench replay | index | grpc | hints | dataplane | proxy | stall | vllm | crash |
+remote`.
 
 They print figures for notes; none of them is a timed test."""
 
@@ -15,6 +16,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
         hints_bench,
         index_bench,
         proxy_bench,
+        remote_bench,
         replay_cli,
         stall_bench,
         vllm_bench,
@@ -31,3 +33,4 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     stall_bench.add_parser(kinds)
     vllm_bench.add_parser(kinds)
     crash_bench.add_parser(kinds)
+    remote_bench.add_parser(kinds)

@@ -8,7 +8,9 @@ import time
 import grpc
 
 from kvstore import __version__
+from kvstore.deployment import Route, Router
 from kvstore.errors import InvalidArgument
+from kvstore.routing import RouteCost
 from kvstore.server.auth import current_scope
 from kvstore.server.convert import namespace_info
 from kvstore.server.errors import grpc_errors
@@ -23,9 +25,10 @@ MAX_LIST = 10_000
 
 
 class AdminService(pb_grpc.AdminServicer):
-    def __init__(self, store: Store, leases: Leases) -> None:
+    def __init__(self, store: Store, leases: Leases, router: Router) -> None:
         self.store = store
         self.leases = leases
+        self.router = router
         self.started = time.monotonic()
 
     @grpc_errors
@@ -56,6 +59,33 @@ class AdminService(pb_grpc.AdminServicer):
             lookup_hit_blocks=s.lookup_hit_blocks,
             uptime_s=time.monotonic() - self.started,
             namespaces=[namespace_info(ns) for ns in self.store.namespaces.values()],
+            remote=self._remote_stats(),
+        )
+
+    def _remote_stats(self) -> pb.RemoteStats | None:
+        deployment = self.router.deployment
+        if deployment is None:
+            return None
+        r, pub = deployment.tier.stats(), deployment.publisher
+        return pb.RemoteStats(
+            up=r.up,
+            used_bytes=r.used,
+            capacity_bytes=r.capacity,
+            blocks=r.blocks,
+            hits=r.hits,
+            misses=r.misses,
+            corrupt=r.corrupt,
+            writes=r.writes,
+            written_bytes=r.written_bytes,
+            dropped_writes=r.dropped_writes,
+            evictions=r.evictions,
+            queued=r.queued,
+            episodes=r.episodes,
+            errors=r.errors,
+            index_published=pub.published,
+            index_republished=pub.republished,
+            index_overflows=pub.dropped,
+            worker_id=pub.worker_id,
         )
 
     @grpc_errors
@@ -100,11 +130,52 @@ class AdminService(pb_grpc.AdminServicer):
             for t in self.store.tiers
             for ok, detail in [t.health()]
         ]
+        if self.router.deployment is not None:  # Redis down: local tiers serve on, remote reads miss
+            ok, detail = self.router.deployment.link.health()
+            tiers.append(pb.TierHealth(name="remote", ok=ok, detail=detail))
         return pb.HealthResponse(
             status="SERVING" if all(t.ok for t in tiers) else "DEGRADED",
             version=__version__,
             tiers=tiers,
             uptime_s=time.monotonic() - self.started,
+        )
+
+    @grpc_errors
+    async def Route(self, request: pb.RouteRequest, context: grpc.aio.ServicerContext) -> pb.RouteResponse:
+        if request.keys and request.tokens:
+            raise InvalidArgument("give either keys or tokens, not both")
+        if not request.keys and not request.tokens:
+            raise InvalidArgument("give the request's prompt as keys (a chain) or tokens")
+        check = self.store.check
+        check.tokens(len(request.tokens))
+        check.count(len(request.keys))
+        weight = request.load_weight if request.HasField("load_weight") else 1.0
+        if not weight >= 0:
+            raise InvalidArgument(f"load_weight must be >= 0, not {weight}")
+
+        def route() -> tuple[list[bytes], int, Route]:
+            ns = check.namespace(request.namespace)
+            keys = list(request.keys) or ns.chain_keys(request.tokens)
+            tokens = len(request.tokens) or len(keys) * ns.block_tokens
+            cost = RouteCost(load_weight=weight)
+            return keys, tokens, self.router.route(request.namespace, keys, tokens, cost, request.limit)
+
+        keys, _, found = await asyncio.to_thread(route)
+        return pb.RouteResponse(
+            candidates=[
+                pb.RouteCandidate(
+                    worker=r.view.worker,
+                    address=r.view.address,
+                    prefix_blocks=dict(r.view.prefix_blocks),
+                    load=r.view.load,
+                    cost=r.cost,
+                    uncovered_tokens=r.uncovered_tokens,
+                )
+                for r in found.candidates
+            ],
+            chain_blocks=found.chain_blocks,
+            index_used=found.index_used,
+            keys=keys if request.tokens else [],
         )
 
     @grpc_errors

@@ -32,6 +32,7 @@ from kvstore import persistence
 from kvstore.auth_tokens import load_tokens
 from kvstore.build import build_store
 from kvstore.config import ConfigError, Settings, TlsConfig
+from kvstore.deployment import Deployment, Router
 from kvstore.hints import Hints
 from kvstore.server.admin_service import AdminService
 from kvstore.server.auth import AuthInterceptor, Guard, check_exposure
@@ -150,6 +151,9 @@ class KVStoreServer:
         self._expirer: asyncio.Task[None] | None = None
         self._stop_metrics: Callable[[], None] | None = None
         self.registry = CollectorRegistry()  # this server's metrics (tests run several per process)
+        # Worker id and address are known once the port is bound (start); the deployment then too.
+        self.router = Router(self.store, settings.worker_id, settings.advertise_address, None)
+        self.deployment: Deployment | None = None
         self.rpc_metrics = RpcMetrics(self.registry, settings.policy)
 
     @property
@@ -174,7 +178,7 @@ class KVStoreServer:
         interceptors.append(MalformedRequests())
         server = grpc.aio.server(options=grpc_options(s), interceptors=fused(interceptors))
         pb_grpc.add_KVStoreServicer_to_server(KVStoreService(self.store, self.leases), server)
-        pb_grpc.add_AdminServicer_to_server(AdminService(self.store, self.leases), server)
+        pb_grpc.add_AdminServicer_to_server(AdminService(self.store, self.leases, self.router), server)
         self._hint_worker = HintWorker(asyncio.get_running_loop())
         pb_grpc.add_AgentHintsServicer_to_server(AgentHintsService(self.store, self._hint_worker), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -199,6 +203,12 @@ class KVStoreServer:
             self._dir_lock.release()
             raise
         s = self.settings
+        self.router.worker_id = s.worker_id or f"{socket.gethostname()}:{self.port}"
+        self.router.address = s.advertise_address or self.address
+        if s.remote.url is not None:
+            self.deployment = Deployment(self.store, s.remote, self.router.worker_id, self.router.address)
+            self.router.deployment = self.deployment
+            self.deployment.start()
         await server.start()
         self._server = server
         for name in ["", *SERVICE_NAMES]:
@@ -284,6 +294,8 @@ class KVStoreServer:
             self._stop_metrics()
         if self._hint_worker is not None:
             await self._hint_worker.close()
+        if self.deployment is not None:  # leaves the global index before the flush moves blocks
+            await asyncio.to_thread(self.deployment.close)
         if self.settings.flush_on_shutdown:
             flushed = await asyncio.to_thread(persistence.flush, self.store)
             log.info("flushed %d blocks to disk", flushed)

@@ -44,7 +44,7 @@ from kvstore.v1 import kvstore_pb2 as pb
 log = logging.getLogger(__name__)
 
 PACKAGE = "/kvstore.v1."
-_ADMIN_READS = {"Admin/Stats", "Admin/ListBlocks", "Admin/ListSessions", "Admin/Health"}
+_ADMIN_READS = {"Admin/Stats", "Admin/ListBlocks", "Admin/ListSessions", "Admin/Health", "Admin/Route"}
 # Which methods each role reaches, as "Service/Method"; "Service/*" is the whole service.
 ROLE_METHODS: dict[str, frozenset[str]] = {
     "engine": frozenset({"KVStore/*", "Admin/Evict", *_ADMIN_READS}),

@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from kvstore.shm.leases import Leases
 from kvstore.stats import StoreStats, store_stats
 from kvstore.store import Store
+from kvstore.tiers.remote import RemoteStats
 
 
 class StoreCollector(Collector):
@@ -104,6 +105,20 @@ class StoreCollector(Collector):
             for kind, n in lease_stats.items():
                 leases.add_metric([kind], n)
             yield leases
+        if self.store.remote is not None:
+            yield from _remote_metrics(self.store.remote.stats())
+
+
+def _remote_metrics(r: RemoteStats) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """The remote tier on Redis: whether it answers, this worker's share, and what its calls did."""
+    yield GaugeMetricFamily("kvstore_remote_up", "1 while Redis answers, 0 during an outage", value=int(r.up))
+    yield GaugeMetricFamily("kvstore_remote_used_bytes", "Bytes this worker keeps in Redis", value=r.used)
+    yield GaugeMetricFamily("kvstore_remote_queued", "Blocks waiting to be written to Redis", value=r.queued)
+    ops = CounterMetricFamily("kvstore_remote_blocks", "Remote tier block outcomes", labels=["outcome"])
+    for outcome in ("hits", "misses", "corrupt", "writes", "dropped_writes", "evictions"):
+        ops.add_metric([outcome], getattr(r, outcome))
+    yield ops
+    yield CounterMetricFamily("kvstore_remote_outages", "Redis outages since start", value=r.episodes)
 
 
 def serve_metrics(

@@ -462,7 +462,7 @@ class LeaseStats(_message.Message):
     def __init__(self, write_leases: _Optional[int] = ..., read_leases: _Optional[int] = ..., reserved_bytes: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("tiers", "misses", "blocks", "policy", "namespaces", "uptime_s", "lookups", "lookup_hit_blocks", "leases")
+    __slots__ = ("tiers", "misses", "blocks", "policy", "namespaces", "uptime_s", "lookups", "lookup_hit_blocks", "leases", "remote")
     TIERS_FIELD_NUMBER: _ClassVar[int]
     MISSES_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -472,6 +472,7 @@ class StatsResponse(_message.Message):
     LOOKUPS_FIELD_NUMBER: _ClassVar[int]
     LOOKUP_HIT_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     LEASES_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_FIELD_NUMBER: _ClassVar[int]
     tiers: _containers.RepeatedCompositeFieldContainer[TierStats]
     misses: int
     blocks: int
@@ -481,7 +482,48 @@ class StatsResponse(_message.Message):
     lookups: int
     lookup_hit_blocks: int
     leases: LeaseStats
-    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., misses: _Optional[int] = ..., blocks: _Optional[int] = ..., policy: _Optional[str] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceInfo, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., lookups: _Optional[int] = ..., lookup_hit_blocks: _Optional[int] = ..., leases: _Optional[_Union[LeaseStats, _Mapping]] = ...) -> None: ...
+    remote: RemoteStats
+    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., misses: _Optional[int] = ..., blocks: _Optional[int] = ..., policy: _Optional[str] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceInfo, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., lookups: _Optional[int] = ..., lookup_hit_blocks: _Optional[int] = ..., leases: _Optional[_Union[LeaseStats, _Mapping]] = ..., remote: _Optional[_Union[RemoteStats, _Mapping]] = ...) -> None: ...
+
+class RemoteStats(_message.Message):
+    __slots__ = ("up", "used_bytes", "capacity_bytes", "blocks", "hits", "misses", "corrupt", "writes", "written_bytes", "dropped_writes", "evictions", "queued", "episodes", "errors", "index_published", "index_republished", "index_overflows", "worker_id")
+    UP_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    MISSES_FIELD_NUMBER: _ClassVar[int]
+    CORRUPT_FIELD_NUMBER: _ClassVar[int]
+    WRITES_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_WRITES_FIELD_NUMBER: _ClassVar[int]
+    EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    EPISODES_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    INDEX_REPUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    INDEX_OVERFLOWS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    up: bool
+    used_bytes: int
+    capacity_bytes: int
+    blocks: int
+    hits: int
+    misses: int
+    corrupt: int
+    writes: int
+    written_bytes: int
+    dropped_writes: int
+    evictions: int
+    queued: int
+    episodes: int
+    errors: int
+    index_published: int
+    index_republished: int
+    index_overflows: int
+    worker_id: str
+    def __init__(self, up: bool = ..., used_bytes: _Optional[int] = ..., capacity_bytes: _Optional[int] = ..., blocks: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., corrupt: _Optional[int] = ..., writes: _Optional[int] = ..., written_bytes: _Optional[int] = ..., dropped_writes: _Optional[int] = ..., evictions: _Optional[int] = ..., queued: _Optional[int] = ..., episodes: _Optional[int] = ..., errors: _Optional[int] = ..., index_published: _Optional[int] = ..., index_republished: _Optional[int] = ..., index_overflows: _Optional[int] = ..., worker_id: _Optional[str] = ...) -> None: ...
 
 class ListBlocksRequest(_message.Message):
     __slots__ = ("namespace", "tier", "limit")
@@ -568,6 +610,55 @@ class HealthResponse(_message.Message):
     tiers: _containers.RepeatedCompositeFieldContainer[TierHealth]
     uptime_s: float
     def __init__(self, status: _Optional[str] = ..., version: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[TierHealth, _Mapping]]] = ..., uptime_s: _Optional[float] = ...) -> None: ...
+
+class RouteRequest(_message.Message):
+    __slots__ = ("namespace", "keys", "tokens", "load_weight", "limit")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    keys: _containers.RepeatedScalarFieldContainer[bytes]
+    tokens: _containers.RepeatedScalarFieldContainer[int]
+    load_weight: float
+    limit: int
+    def __init__(self, namespace: _Optional[str] = ..., keys: _Optional[_Iterable[bytes]] = ..., tokens: _Optional[_Iterable[int]] = ..., load_weight: _Optional[float] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class RouteCandidate(_message.Message):
+    __slots__ = ("worker", "address", "prefix_blocks", "load", "cost", "uncovered_tokens")
+    class PrefixBlocksEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    UNCOVERED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    worker: str
+    address: str
+    prefix_blocks: _containers.ScalarMap[str, int]
+    load: float
+    cost: float
+    uncovered_tokens: int
+    def __init__(self, worker: _Optional[str] = ..., address: _Optional[str] = ..., prefix_blocks: _Optional[_Mapping[str, int]] = ..., load: _Optional[float] = ..., cost: _Optional[float] = ..., uncovered_tokens: _Optional[int] = ...) -> None: ...
+
+class RouteResponse(_message.Message):
+    __slots__ = ("candidates", "chain_blocks", "index_used", "keys")
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_USED_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    candidates: _containers.RepeatedCompositeFieldContainer[RouteCandidate]
+    chain_blocks: int
+    index_used: bool
+    keys: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, candidates: _Optional[_Iterable[_Union[RouteCandidate, _Mapping]]] = ..., chain_blocks: _Optional[int] = ..., index_used: bool = ..., keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ListSessionsRequest(_message.Message):
     __slots__ = ()

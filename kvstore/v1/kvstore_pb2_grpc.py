@@ -1139,6 +1139,11 @@ class AdminStub(object):
                 request_serializer=kvstore_dot_v1_dot_kvstore__pb2.ListSessionsRequest.SerializeToString,
                 response_deserializer=kvstore_dot_v1_dot_kvstore__pb2.ListSessionsResponse.FromString,
                 _registered_method=True)
+        self.Route = channel.unary_unary(
+                '/kvstore.v1.Admin/Route',
+                request_serializer=kvstore_dot_v1_dot_kvstore__pb2.RouteRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kvstore__pb2.RouteResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer(object):
@@ -1177,6 +1182,13 @@ class AdminServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Route(self, request, context):
+        """Workers to send a request to, best first, from the global prefix index (README "Across machines").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1204,6 +1216,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListSessions,
                     request_deserializer=kvstore_dot_v1_dot_kvstore__pb2.ListSessionsRequest.FromString,
                     response_serializer=kvstore_dot_v1_dot_kvstore__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'Route': grpc.unary_unary_rpc_method_handler(
+                    servicer.Route,
+                    request_deserializer=kvstore_dot_v1_dot_kvstore__pb2.RouteRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kvstore__pb2.RouteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1343,6 +1360,33 @@ class Admin(object):
             '/kvstore.v1.Admin/ListSessions',
             kvstore_dot_v1_dot_kvstore__pb2.ListSessionsRequest.SerializeToString,
             kvstore_dot_v1_dot_kvstore__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Route(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.Admin/Route',
+            kvstore_dot_v1_dot_kvstore__pb2.RouteRequest.SerializeToString,
+            kvstore_dot_v1_dot_kvstore__pb2.RouteResponse.FromString,
             options,
             channel_credentials,
             insecure,
