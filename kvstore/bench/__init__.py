@@ -1,4 +1,5 @@
-"""Benchmarks: `kvstore bench replay | index | grpc | hints | dataplane | proxy | stall | vllm | crash`.
+"""Benchmarks: `kvstore bench replay | route | index | grpc | hints | dataplane | proxy | stall | vllm |
+crash`.
 
 They print figures for notes; none of them is a timed test."""
 
@@ -16,6 +17,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
         index_bench,
         proxy_bench,
         replay_cli,
+        route_cli,
         stall_bench,
         vllm_bench,
     )
@@ -23,6 +25,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="run a benchmark", description="Benchmarks that print figures.")
     kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     replay_cli.add_parser(kinds)
+    route_cli.add_parser(kinds)
     index_bench.add_parser(kinds)
     grpc_bench.add_parser(kinds)
     hints_bench.add_parser(kinds)
