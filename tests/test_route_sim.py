@@ -35,6 +35,12 @@ def test_a_session_moved_off_its_worker_recomputes_its_prefix_figures_by_hand(tm
     cost = routed([trace], "cost", workers=2)
     assert cost["prefill_amplification"] == 1.0 and cost["warm_resume_rate"] == 1.0
     assert cost["load_imbalance"] == 2.0  # one session, kept where its KV is
+    # r2's 4 blocks exceed a 1.5 MiB HBM: prefilled whole (16) though 12 of its tokens were computed;
+    # the fitting figure leaves it out
+    small = routed([trace], "cost", workers=2, hbm=ByteSize(3 * 2**19))
+    assert small["oversize_requests"] == 1
+    assert small["prefill_amplification"] == pytest.approx((8 + 4 + 16) / 16)
+    assert small["prefill_amplification_fitting"] == 1.0
     # with a shared remote tier (written through on every put) r1 on w1 reads blocks 1,2 and r2 on
     # w0 block 3 instead of prefilling them
     remote = routed([trace], "round-robin", workers=2, remote=ByteSize(GiB))

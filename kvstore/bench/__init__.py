@@ -1,5 +1,5 @@
 """Benchmarks: `kvstore bench replay | route | index | grpc | hints | dataplane | proxy | stall | vllm |
-crash`.
+crash | redis-scale`.
 
 They print figures for notes; none of them is a timed test."""
 
@@ -16,6 +16,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
         hints_bench,
         index_bench,
         proxy_bench,
+        redis_scale,
         replay_cli,
         route_cli,
         stall_bench,
@@ -34,3 +35,4 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     stall_bench.add_parser(kinds)
     vllm_bench.add_parser(kinds)
     crash_bench.add_parser(kinds)
+    redis_scale.add_parser(kinds)

@@ -95,6 +95,12 @@ class Worker:
     running: dict[SimSession, tuple[float, float, int]] = field(default_factory=dict)  # start, end, out
     running_bytes: int = 0  # `recompute`: HBM held by running requests
     queued_tokens: int = 0
+    placed: int = 0  # blocks put
+
+    def index_changes(self) -> int:
+        """What it would publish to the global index: a block put, moved to another tier, or dropped."""
+        counters = self.store.placement.counters.values()
+        return self.placed + sum(c.moves_in + c.drops for c in counters)
 
     @property
     def top(self) -> Tier:
@@ -117,6 +123,8 @@ class Tally:
     oversize: int = 0
     prefilled_tokens: int = 0
     new_tokens: int = 0
+    oversize_prefilled: int = 0  # of which oversize requests (prefilled whole, cached nowhere)
+    oversize_new: int = 0
     resume_ttft: list[float] = field(default_factory=list)
     first_ttft: list[float] = field(default_factory=list)
     cache_stall: list[float] = field(default_factory=list)
@@ -143,9 +151,14 @@ class Tally:
     def route_figures(self, workers: int) -> dict[str, float | int | None]:
         return {
             **self.resume_figures(),
-            "prefill_amplification": self.prefilled_tokens / self.new_tokens if self.new_tokens else None,
+            "prefill_amplification": _ratio(self.prefilled_tokens, self.new_tokens),
+            "prefill_amplification_fitting": self.fitting_amplification(),
             "load_imbalance": self.load_imbalance(workers),
         }
+
+    def fitting_amplification(self) -> float | None:
+        """Prefill amplification over the requests whose KV fits in HBM: what a router can change."""
+        return _ratio(self.prefilled_tokens - self.oversize_prefilled, self.new_tokens - self.oversize_new)
 
     def load_imbalance(self, workers: int) -> float | None:
         """Max over mean of the workers' prefilled + decoded tokens (1.0: even; `workers`: all on one)."""
@@ -451,6 +464,7 @@ class Replay:
                 for k, p in zip(keys[stored:], parents, strict=True)
             ]
         )
+        w.placed += sum(1 for tier in placed if tier)
         if self.remote is not None:  # write-through, off the request's path
             self.remote.write(ns, keys, block_bytes)
         pinned = keys[:stored] + [k for k, tier in zip(keys[stored:], placed, strict=True) if tier]
@@ -496,6 +510,8 @@ class Replay:
             t.requests += 1
             t.prefilled_tokens += request.in_tokens
             t.new_tokens += new
+            t.oversize_prefilled += request.in_tokens
+            t.oversize_new += new
             t.oversize_ttft.append(ttft)
             t.work[w.index] = t.work.get(w.index, 0) + request.in_tokens
         hold = sim.timing[sim.next_index][0]
@@ -601,8 +617,12 @@ class Replay:
                 if (n := t.resumed_by_gap[kind])
             },
             "prefill_amplification": t.prefilled_tokens / t.new_tokens if t.new_tokens else None,
+            "prefill_amplification_fitting": t.fitting_amplification(),
             "load_imbalance": t.load_imbalance(workers),
             "remote_read_gib": self.remote.read_bytes / GiB if self.remote is not None else None,
+            "index_changes_per_worker_s": sum(w.index_changes() for w in self.workers)
+            / max(self.clock.now(), 1e-9)
+            / workers,
             "room_wait_p99": _percentile(t.room_wait, 99),
             "resume_ttft_p50": _percentile(t.resume_ttft, 50),
             "resume_ttft_p99": _percentile(t.resume_ttft, 99),

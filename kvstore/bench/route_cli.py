@@ -27,6 +27,7 @@ from kvstore.bench.traces import TraceError, expand, read_trace
 
 COLUMNS = [
     "prefill_amplification",
+    "prefill_amplification_fitting",
     "cache_stall_mean",
     "cache_stall_p99",
     "load_imbalance",
@@ -35,6 +36,7 @@ COLUMNS = [
     "resume_ttft_p50",
     "resume_ttft_p99",
     "remote_read_gib",
+    "index_changes_per_worker_s",
 ]
 PER_TRACE = ["prefill_amplification", "cache_stall_mean", "load_imbalance"]
 REMOTE_SUFFIX = " +remote"
