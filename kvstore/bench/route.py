@@ -11,6 +11,7 @@ ranks with `kvstore.routing.rank`, the very function `Admin.Route` uses.
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -90,14 +91,13 @@ Router = Callable[[str, Sequence[bytes], int, int, float], int]
 def make_router(name: str, index: GlobalIndex, cost: RouteCost | None = None) -> Router:
     """A function (namespace, keys, prompt_tokens, block_tokens, now) -> the chosen worker's index."""
     if name == "round-robin":
-        turn = iter(range(1 << 62))
+        turn = itertools.count()
         return lambda ns, keys, tokens, bt, now: next(turn) % len(index.workers)
     if name == "cache-only":
 
         def most_cached(ns: str, keys: Sequence[bytes], tokens: int, bt: int, now: float) -> int:
             views = index.views(ns, keys, now)
-            best = max(range(len(views)), key=lambda i: (views[i].cached_blocks, -i))
-            return best
+            return max(range(len(views)), key=lambda i: (views[i].cached_blocks, -i))
 
         return most_cached
     if name == "cost":
