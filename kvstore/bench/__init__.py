@@ -1,5 +1,5 @@
-"""Benchmarks: `kvstore bench replay | index | grpc | hints | dataplane | proxy | stall | vllm | crash |
-remote`.
+"""Benchmarks: `kvstore bench replay | route | index | grpc | hints | dataplane | proxy | stall | vllm |
+crash | remote | redis-scale`.
 
 They print figures for notes; none of them is a timed test."""
 
@@ -16,8 +16,10 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
         hints_bench,
         index_bench,
         proxy_bench,
+        redis_scale,
         remote_bench,
         replay_cli,
+        route_cli,
         stall_bench,
         vllm_bench,
     )
@@ -25,6 +27,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="run a benchmark", description="Benchmarks that print figures.")
     kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     replay_cli.add_parser(kinds)
+    route_cli.add_parser(kinds)
     index_bench.add_parser(kinds)
     grpc_bench.add_parser(kinds)
     hints_bench.add_parser(kinds)
@@ -34,3 +37,4 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     vllm_bench.add_parser(kinds)
     crash_bench.add_parser(kinds)
     remote_bench.add_parser(kinds)
+    redis_scale.add_parser(kinds)

@@ -1,4 +1,5 @@
-"""The replay's scenario: model, tier sizes, link speeds, prefill rate, concurrency, hint noise.
+"""The replay's scenario: model, tier sizes, link speeds, prefill rate, concurrency, hint noise,
+and for the routing simulation the workers, the router and the shared remote tier.
 
 Defaults are DESIGN §5's default scenario; every value is printed with the results.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, model_validator
 
 # KV bytes per token in bf16: layers x KV heads x head dim x (K, V) x 2 bytes.
 PROFILES = {
@@ -46,6 +47,26 @@ class Scenario(BaseModel):
     )
     ttl_s: float = Field(10.0, gt=0, description="the ttl baseline's TTL after a tool call begins")
     prefetch_margin_s: float = Field(0.2, ge=0, description="the agent policy's extra prefetch lead")
+    workers: int = Field(1, ge=1, le=256, description="workers, each with its own store and tiers")
+    router: Literal["round-robin", "cache-only", "cost"] = Field(
+        "cost", description="how a request picks its worker (kvstore.bench.route)"
+    )
+    remote: ByteSize = Field(ByteSize(0), ge=0, description="shared remote tier (0: none), LRU")
+    remote_gbps: float = Field(
+        12.5,
+        gt=0,
+        description="remote tier -> a worker's HBM, GB/s (100 Gb/s; at 10 Gb/s recompute is faster)",
+    )
+
+    @model_validator(mode="after")
+    def _remote_beats_recompute(self) -> Scenario:
+        if self.remote and self.bytes_per_token / (self.remote_gbps * GB) >= 1 / self.prefill_tps:
+            raise ValueError(
+                f"a remote tier at {self.remote_gbps} GB/s is slower than recomputing at "
+                f"{self.prefill_tps:,.0f} tokens/s of {self.bytes_per_token:,} B: an engine would "
+                "recompute; raise remote_gbps or drop the remote tier"
+            )
+        return self
 
     @property
     def bytes_per_token(self) -> int:
@@ -65,6 +86,6 @@ class Scenario(BaseModel):
     def describe(self) -> dict[str, object]:
         out: dict[str, object] = self.model_dump()
         out["bytes_per_token"] = self.bytes_per_token
-        for k in ("hbm", "dram", "disk"):
+        for k in ("hbm", "dram", "disk", "remote"):
             out[k] = ByteSize(out[k]).human_readable(decimal=False)
         return out
