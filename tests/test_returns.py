@@ -74,7 +74,23 @@ def test_an_instant_return_is_learned_not_dropped() -> None:
     returns = ReturnTimes()
     for _ in range(30):
         returns.record(Away(AwayKind.RESUMING, "", 0.0), 0.0)
+    returns.fold()  # all at one instant: one batch (see the next test)
     assert returns.chance_back(Away(AwayKind.RESUMING, "", 0.0), 0.0, 0.5) > 0.85
+
+
+def test_a_burst_is_learned_in_one_batch_at_most_fold_every_s_late() -> None:
+    from kvstore.sessions.returns import FOLD_EVERY_S
+
+    returns = ReturnTimes()
+    t = 100.0
+    for i in range(20):  # twenty tool calls of one tool end within a few milliseconds
+        returns.record(Away(AwayKind.TOOL_UNANNOUNCED, "grep", t - 2.0), 2.0 + i * 1e-4)
+    first_only = returns.time_back(Away(AwayKind.TOOL_UNANNOUNCED, "grep", t), t, 0.5) - t
+    later = t + 1.5 * FOLD_EVERY_S
+    every = returns.time_back(Away(AwayKind.TOOL_UNANNOUNCED, "grep", later), later, 0.5) - later
+    assert len(returns.specific[AwayKind.TOOL_UNANNOUNCED]["grep"].samples) == 20
+    assert abs(every - 2.0) < abs(first_only - 2.0)  # twenty observations pull harder than one
+    assert every == pytest.approx(2.0, rel=0.1)
 
 
 def test_what_was_learned_survives_a_restart_and_a_bad_file_is_ignored(tmp_path: Path) -> None:
@@ -107,7 +123,13 @@ def test_a_windowed_kernel_equals_the_whole_one() -> None:
     for center in (-30.0, -12.0, -11.99, -3.3, 0.0, 7.77, 17.99, 18.0, 40.0):
         for scale in (returns.MIN_KERNEL, 0.05, returns.MAX_KERNEL):
             acc = np.zeros_like(returns._GRID)
-            returns._add_kernel(acc, center, scale)
+            returns._add_kernels(acc, np.array([center]), scale)
             assert np.max(np.abs(acc - returns._logistic_cdf(center, scale))) < 1e-12
-            returns._add_kernel(acc, center, scale, -1.0)
+            returns._add_kernels(acc, np.array([center]), scale, -1.0)
             assert np.max(np.abs(acc)) < 1e-12
+    # Several at once: the window covers them all, far-apart centers included.
+    centers = np.array([-30.0, -3.3, 0.0, 7.77, 40.0])
+    acc = np.zeros_like(returns._GRID)
+    returns._add_kernels(acc, centers, 0.05)
+    whole = sum(returns._logistic_cdf(c, 0.05) for c in centers)
+    assert np.max(np.abs(acc - whole)) < 1e-9

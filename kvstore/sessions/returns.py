@@ -50,6 +50,13 @@ _GRID_START = float(_GRID[0])
 _LAST = len(_GRID) - 1
 _TINY = 1e-12
 KERNEL_REACH = 40.0  # kernel scales beyond which a logistic kernel is flat (e^-40)
+# Observations are learned in batches: a burst of ends (many sessions' tool calls) costs one
+# vectorised update per distribution instead of one each. A batch is folded in once this much
+# clock time passed since the last, or when it reaches MAX_PENDING; so what planning reads lags
+# what happened by at most FOLD_EVERY_S, nothing where observations are sparse (the first of a
+# burst is folded in at once).
+FOLD_EVERY_S = 0.05
+MAX_PENDING = 64
 
 
 class AwayKind(str, enum.Enum):
@@ -102,15 +109,20 @@ def _logistic_cdf(center: float, scale: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(np.clip(-(_GRID - center) / scale, -700.0, 700.0)))
 
 
-def _add_kernel(acc: np.ndarray, center: float, scale: float, sign: float = 1.0) -> None:
-    """acc += sign * _logistic_cdf(center, scale), computed only where the kernel is not yet flat
-    (beyond KERNEL_REACH scales it is 0 or 1 to within e^-40): a tenth of the grid at most."""
+def _add_kernels(acc: np.ndarray, centers: np.ndarray, scale: float, sign: float = 1.0) -> None:
+    """acc += sign * the sum of _logistic_cdf(c, scale) over `centers`, computed only where some
+    kernel is not yet flat (beyond KERNEL_REACH scales it is 0 or 1 to within e^-40)."""
+    if len(centers) == 0:
+        return
     n = len(_GRID)
-    lo = min(n, max(0, math.floor((center - KERNEL_REACH * scale - _GRID_START) / _STEP)))
-    hi = min(n, max(0, math.floor((center + KERNEL_REACH * scale - _GRID_START) / _STEP) + 2))
+    low, high = float(centers.min()), float(centers.max())
+    lo = min(n, max(0, math.floor((low - KERNEL_REACH * scale - _GRID_START) / _STEP)))
+    hi = min(n, max(0, math.floor((high + KERNEL_REACH * scale - _GRID_START) / _STEP) + 2))
     if lo < hi:
-        acc[lo:hi] += sign / (1.0 + np.exp((center - _GRID[lo:hi]) / scale))
-    acc[hi:] += sign
+        with np.errstate(over="ignore"):  # far from a kernel: exp overflows, and 1 / inf is the 0 meant
+            kernels = 1.0 / (1.0 + np.exp((centers[:, None] - _GRID[lo:hi]) / scale))
+        acc[lo:hi] += sign * kernels.sum(axis=0)
+    acc[hi:] += sign * len(centers)
 
 
 def kernel_scale(n: int, total: float, squares: float) -> float:
@@ -140,24 +152,27 @@ class LogDistribution:
         self._built_for: tuple[int, int] = (-1, -1)
 
     def record(self, y: float) -> None:
-        y = min(max(y, float(_GRID[0])), float(_GRID[-1]))
-        if len(self.samples) == self.samples.maxlen:
-            old = self.samples[0]
-            _add_kernel(self._sum, old, self.scale, -1.0)
-            self._total -= old
-            self._squares -= old * old
-        self.samples.append(y)
-        self._total += y
-        self._squares += y * y
+        self.record_many([y])
+
+    def record_many(self, ys: list[float]) -> None:
+        """Learn observations (fewer than HISTORY at once): their kernels are added in one go."""
+        ys = [min(max(y, float(_GRID[0])), float(_GRID[-1])) for y in ys]
+        gone = []
+        for y in ys:
+            if len(self.samples) == self.samples.maxlen:
+                gone.append(self.samples[0])  # the append below drops it
+            self.samples.append(y)
+        self._total += sum(ys) - sum(gone)
+        self._squares += sum(y * y for y in ys) - sum(y * y for y in gone)
         self.version += 1
         ideal = kernel_scale(len(self.samples), self._total, self._squares)
         if abs(ideal / self.scale - 1.0) > REBUILD_DRIFT or self.version % 4096 == 0:
             self.scale = ideal  # (also bounds the drift of many additions and subtractions)
             self._sum = np.zeros_like(_GRID)
-            for x in self.samples:
-                _add_kernel(self._sum, x, ideal)
+            _add_kernels(self._sum, np.array(self.samples), ideal)
         else:
-            _add_kernel(self._sum, y, self.scale)
+            _add_kernels(self._sum, np.array(gone), self.scale, -1.0)
+            _add_kernels(self._sum, np.array(ys), self.scale)
 
     def table(self) -> np.ndarray:
         """The CDF on the grid (rebuilt only when this or a parent learned something)."""
@@ -193,12 +208,14 @@ class SessionDistribution:
         self._own = np.zeros_like(_GRID)
 
     def record(self, y: float) -> None:
-        self.samples.append(y)
+        self.record_many([y])
+
+    def record_many(self, ys: list[float]) -> None:
+        self.samples.extend(ys)
         n = len(self.samples)
         self.scale = kernel_scale(n, sum(self.samples), sum(x * x for x in self.samples))
         self._own = np.zeros_like(_GRID)
-        for x in self.samples:
-            _add_kernel(self._own, x, self.scale)
+        _add_kernels(self._own, np.array(self.samples), self.scale)
 
     def cdf(self, y: float) -> float:
         return (PRIOR_WEIGHT * self.parent.cdf(y) + _interpolate(self._own, y)) / (
@@ -247,6 +264,8 @@ class ReturnTimes:
         self.specific: dict[AwayKind, dict[str, LogDistribution]] = {kind: {} for kind in AwayKind}
         self.per_session: dict[tuple[AwayKind, str], SessionDistribution] = {}
         self.dirty = False
+        self._pending: list[tuple[Away, float]] = []  # observations not folded in yet
+        self._folded_at = -math.inf
         if path is not None and path.exists():
             self._load(path)
 
@@ -264,30 +283,53 @@ class ReturnTimes:
         """An absence ended after `seconds` (an instant return counts as MIN_OBSERVATION_S)."""
         if seconds < 0 or not math.isfinite(seconds):
             return
-        y = away.log_time(max(seconds, MIN_OBSERVATION_S))
-        self.pooled[away.kind].record(y)
-        specific = self.specific[away.kind]
-        dist = specific.get(away.key)
-        if dist is None and away.key and len(specific) < MAX_KEYS:
-            dist = specific[away.key] = LogDistribution(parent=self.pooled[away.kind])
-        if dist is not None:
-            dist.record(y)
-        if away.session and away.kind in PER_SESSION:
-            own = self.per_session.get((away.kind, away.session))
-            if own is None:
-                own = self.per_session[(away.kind, away.session)] = SessionDistribution(
-                    dist or self.pooled[away.kind]
-                )
-            own.record(y)
+        self._pending.append((away, seconds))
         self.dirty = True
+        self._fold_due(away.since + seconds)
+
+    def _fold_due(self, now: float) -> None:
+        # A clock behind the last fold is another timeline (a test, a replay): fold, never lag.
+        lag = now - self._folded_at
+        if self._pending and (lag >= FOLD_EVERY_S or lag < 0 or len(self._pending) >= MAX_PENDING):
+            self._folded_at = now
+            self.fold()
+
+    def fold(self) -> None:
+        """Learn the pending observations, each distribution in one update."""
+        batches: dict[int, tuple[LogDistribution | SessionDistribution, list[float]]] = {}
+
+        def add(dist: LogDistribution | SessionDistribution, y: float) -> None:
+            batches.setdefault(id(dist), (dist, []))[1].append(y)
+
+        for away, seconds in self._pending:
+            y = away.log_time(max(seconds, MIN_OBSERVATION_S))
+            add(self.pooled[away.kind], y)
+            specific = self.specific[away.kind]
+            dist = specific.get(away.key)
+            if dist is None and away.key and len(specific) < MAX_KEYS:
+                dist = specific[away.key] = LogDistribution(parent=self.pooled[away.kind])
+            if dist is not None:
+                add(dist, y)
+            if away.session and away.kind in PER_SESSION:
+                own = self.per_session.get((away.kind, away.session))
+                if own is None:
+                    own = self.per_session[(away.kind, away.session)] = SessionDistribution(
+                        dist or self.pooled[away.kind]
+                    )
+                add(own, y)
+        self._pending.clear()
+        for dist, ys in batches.values():
+            dist.record_many(ys)
 
     def forget(self, session: str) -> None:
         """The session ended: drop what was learned of it alone."""
+        self.fold()  # its pending observations teach its tool and tenant all the same
         for kind in PER_SESSION:
             self.per_session.pop((kind, session), None)
 
     def chance_back(self, away: Away, now: float, horizon_s: float) -> float:
         """P(the session is back within `horizon_s` | away since `away.since`, not back by `now`)."""
+        self._fold_due(now)
         dist = self.distribution(away.kind, away.key, away.session)
         elapsed = max(0.0, now - away.since)
         y0, y1 = away.log_time(elapsed), away.log_time(elapsed + horizon_s)
@@ -300,6 +342,7 @@ class ReturnTimes:
     def time_back(self, away: Away, now: float, fraction: float) -> float:
         """The time by which `fraction` of the remaining probability of coming back is used up,
         given the session is not back by `now` (a fraction of 0.5: the conditional median)."""
+        self._fold_due(now)
         dist = self.distribution(away.kind, away.key, away.session)
         elapsed = max(0.0, now - away.since)
         before = dist.cdf(away.log_time(elapsed)) if elapsed > 0 else 0.0
@@ -310,11 +353,13 @@ class ReturnTimes:
         return away.since + max(seconds, elapsed)
 
     def median_s(self, kind: AwayKind, key: str) -> float:
+        self.fold()  # (no clock here; and it is asked rarely: a tool call with no duration)
         return math.exp(self.distribution(kind, key).quantile(0.5))
 
     # ------------------------------------------------------------------ persistence
 
     def snapshot(self) -> dict[str, dict[str, list[float]]]:
+        self.fold()
         return {
             kind.value: {key: list(dist.samples) for key, dist in self.specific[kind].items()}
             | {"*": list(self.pooled[kind].samples)}
