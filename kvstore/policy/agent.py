@@ -143,6 +143,8 @@ class AgentPolicy(LRUPolicy):
         self._sessionless = LooseBlocks()  # they never had one
         self._check_at: float | None = None
         self._rebalance_queued = False  # a REBALANCE check is queued and has not run yet
+        self._last_rebalance = -math.inf
+        self._planned: tuple[Session | None, int, float] = (None, -1, 0.0)  # see planned_return
 
     # ------------------------------------------------------------------ scores
 
@@ -352,16 +354,19 @@ class AgentPolicy(LRUPolicy):
         return plans + self._rebalance_soon(now)
 
     def _rebalance_soon(self, now: float) -> list[Plan]:
-        """One check, now, for however many hints arrive before it runs: ranking every session
-        is O(sessions), too much for each hint of a busy server, and runs on the mover instead."""
+        """One check for however many hints arrive before it runs: ranking every session is
+        O(sessions), too much for each hint of a busy server, and runs on the mover instead. Now,
+        unless one ran within `min_check_interval_s` (a burst of hints wakes the mover once)."""
         if self._rebalance_queued:
             return []
         self._rebalance_queued = True
-        return [Plan(PlanKind.CHECK, now, ref=REBALANCE)]
+        at = max(now, self._last_rebalance + self.config.min_check_interval_s)
+        return [Plan(PlanKind.CHECK, at, ref=REBALANCE)]
 
     def on_check(self, plan: Plan) -> list[Plan]:
         if plan.ref == REBALANCE:
             self._rebalance_queued = False
+            self._last_rebalance = self.view.now()
             return self.rebalance()
         if plan.not_before != self._check_at:
             return []  # superseded by a sooner check
@@ -393,11 +398,15 @@ class AgentPolicy(LRUPolicy):
 
     def planned_return(self, session: Session) -> float | None:
         """By then a `check_step` of absences like this one have ended: a session away from the top
-        tier would be considered for a swap around there."""
+        tier would be considered for a swap around there. (Asked twice per hint, by the plan and
+        by the reply: worked out once per session generation.)"""
+        if self._planned[0] is session and self._planned[1] == session.generation:
+            return self._planned[2]
         now = self.view.now()
         returns = self.view.sessions.returns
         back = returns.time_back(session.absence(), now, self.config.check_step) - self.short_horizon(session)
-        return max(now, back)
+        self._planned = (session, session.generation, max(now, back))
+        return self._planned[2]
 
     def rebalance(self) -> list[Plan]:
         """Plans bringing back the sessions most likely to be needed, where that displaces only
