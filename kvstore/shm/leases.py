@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+from kvstore import writes
 from kvstore.errors import FailedPrecondition, InvalidArgument
 from kvstore.index import BlockEntry
 from kvstore.store import Store
@@ -128,10 +129,14 @@ class Leases:
         self.store.check.session(session)
         for i, b in enumerate(blocks):
             self.store.check.block(namespace, b.key, b.parent, b.meta, b.size, i)
-        if session:
-            with self.store.lock:  # checked here: the commit that opens the session cannot refuse
-                self.store.sessions.check_room([session])
-        size = self.store.check.namespace(namespace).block_bytes
+        ns = self.store.check.namespace(namespace)
+        with self.store.lock:  # checked here: the commit that opens the session cannot refuse
+            if session:
+                self.store.check_session_locked(session, namespace)
+            if pin:  # the tenant's quota: pinned blocks cannot make room for each other
+                new = {b.key for b in blocks if self.store.index.get(namespace, b.key) is None}
+                writes.check_quota_locked(self.store, ns.tenant, len(new) * ns.block_bytes, 0)
+        size = ns.block_bytes
         self.expire()
         lease = Lease(0, 0.0, True, namespace, session, pin)
         slots, seen = [], set()
@@ -150,19 +155,21 @@ class Leases:
             slots.append(Slot(b.key, SlotState.WRITE, self._segment_of[entry.tier], entry.location, size))
         return self._open(lease), slots
 
-    def commit(self, lease_id: int) -> list[tuple[bytes, str]]:
-        """Index what the lease's client wrote; returns (key, tier) of every block it covered."""
+    def commit(self, lease_id: int, gave_up: Callable[[], bool] | None = None) -> list[tuple[bytes, str]]:
+        """Index what the lease's client wrote; returns (key, tier) of every block it covered.
+        `gave_up`: whether the caller stopped waiting; then nothing is stored (Store.add_written)."""
         with self._lock:
             lease = self._take(lease_id)
             if not lease.writing:
                 self._active[lease_id] = lease
                 raise InvalidArgument(f"lease {lease_id} is a read lease; end it with Release")
+        # A block without room goes over gRPC instead: not part of the commit.
+        written = [(entry, key) for entry, key, state in lease.slots if state is not SlotState.NO_ROOM]
+        stored = iter(self.store.add_written(lease.namespace, written, lease.session, lease.pin, gave_up))
         out = []
-        for entry, key, state in lease.slots:
-            stored = None
-            if state is not SlotState.NO_ROOM:  # a block without room goes over gRPC instead
-                stored = self.store.add_written(entry, lease.namespace, key, lease.session, lease.pin)
-            out.append((key, stored.tier if stored is not None else ""))
+        for _, key, state in lease.slots:
+            entry = next(stored) if state is not SlotState.NO_ROOM else None
+            out.append((key, entry.tier if entry is not None else ""))
         return out
 
     # ------------------------------------------------------------------ reading

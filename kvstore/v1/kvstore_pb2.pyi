@@ -462,7 +462,7 @@ class LeaseStats(_message.Message):
     def __init__(self, write_leases: _Optional[int] = ..., read_leases: _Optional[int] = ..., reserved_bytes: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("tiers", "misses", "blocks", "policy", "namespaces", "uptime_s", "lookups", "lookup_hit_blocks", "leases")
+    __slots__ = ("tiers", "misses", "blocks", "policy", "namespaces", "uptime_s", "lookups", "lookup_hit_blocks", "leases", "tenants")
     TIERS_FIELD_NUMBER: _ClassVar[int]
     MISSES_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -472,6 +472,7 @@ class StatsResponse(_message.Message):
     LOOKUPS_FIELD_NUMBER: _ClassVar[int]
     LOOKUP_HIT_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     LEASES_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
     tiers: _containers.RepeatedCompositeFieldContainer[TierStats]
     misses: int
     blocks: int
@@ -481,7 +482,32 @@ class StatsResponse(_message.Message):
     lookups: int
     lookup_hit_blocks: int
     leases: LeaseStats
-    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., misses: _Optional[int] = ..., blocks: _Optional[int] = ..., policy: _Optional[str] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceInfo, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., lookups: _Optional[int] = ..., lookup_hit_blocks: _Optional[int] = ..., leases: _Optional[_Union[LeaseStats, _Mapping]] = ...) -> None: ...
+    tenants: _containers.RepeatedCompositeFieldContainer[TenantStats]
+    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., misses: _Optional[int] = ..., blocks: _Optional[int] = ..., policy: _Optional[str] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceInfo, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., lookups: _Optional[int] = ..., lookup_hit_blocks: _Optional[int] = ..., leases: _Optional[_Union[LeaseStats, _Mapping]] = ..., tenants: _Optional[_Iterable[_Union[TenantStats, _Mapping]]] = ...) -> None: ...
+
+class TenantTierStats(_message.Message):
+    __slots__ = ("tier", "used_bytes", "quota_bytes", "pinned_bytes")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PINNED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    tier: str
+    used_bytes: int
+    quota_bytes: int
+    pinned_bytes: int
+    def __init__(self, tier: _Optional[str] = ..., used_bytes: _Optional[int] = ..., quota_bytes: _Optional[int] = ..., pinned_bytes: _Optional[int] = ...) -> None: ...
+
+class TenantStats(_message.Message):
+    __slots__ = ("tenant", "tiers", "sessions", "max_sessions")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    tiers: _containers.RepeatedCompositeFieldContainer[TenantTierStats]
+    sessions: int
+    max_sessions: int
+    def __init__(self, tenant: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[TenantTierStats, _Mapping]]] = ..., sessions: _Optional[int] = ..., max_sessions: _Optional[int] = ...) -> None: ...
 
 class ListBlocksRequest(_message.Message):
     __slots__ = ("namespace", "tier", "limit")
