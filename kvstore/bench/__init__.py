@@ -1,4 +1,5 @@
-"""Benchmarks: `kvstore bench replay | index | grpc | hints | dataplane | proxy | stall | vllm | crash`.
+"""Benchmarks: `kvstore bench replay | index | grpc | hints | dataplane | proxy | stall | vllm | crash |
+soak | faults`.
 
 They print figures for notes; none of them is a timed test."""
 
@@ -11,11 +12,13 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     from kvstore.bench import (
         crash_bench,
         dataplane_bench,
+        faults_bench,
         grpc_bench,
         hints_bench,
         index_bench,
         proxy_bench,
         replay_cli,
+        soak_bench,
         stall_bench,
         vllm_bench,
     )
@@ -31,3 +34,5 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     stall_bench.add_parser(kinds)
     vllm_bench.add_parser(kinds)
     crash_bench.add_parser(kinds)
+    soak_bench.add_parser(kinds)
+    faults_bench.add_parser(kinds)
