@@ -45,6 +45,7 @@ def compose(
     limits: Limits | None = None,
     max_sessions: int = 0,
     quotas: Mapping[str, TenantQuota] | None = None,
+    checksums: bool = False,
 ) -> Store:
     """A store over these tiers (fastest first) running this policy. The replay passes a virtual
     clock, counting tiers, fixed link speeds and `virtual_transfers`; the server, the defaults."""
@@ -57,6 +58,7 @@ def compose(
     view = StoreView(clock or RealClock(), tiers, sessions, links, Index())
     chosen = make_policy(policy, view, agent, ttl, engine_owns_top)
     placement = Placement(view, chosen, Copier(links, io_workers), tenant_quotas)
+    placement.checksums = checksums
     actions = SessionActions(placement, PlanQueue(), virtual_transfers)
     return Store(placement, actions, namespaces, promote_on_get, limits)
 
@@ -79,6 +81,7 @@ def build_store(settings: Settings) -> Store:
         limits=settings.limits.to_limits(),
         max_sessions=settings.sessions.max_open,
         quotas={name: t.to_quota() for name, t in settings.tenants.items()},
+        checksums=True,
     )
     recovered = recover(store)
     if recovered:

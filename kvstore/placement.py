@@ -31,7 +31,7 @@ from kvstore.mover import Copier, Links
 from kvstore.policy.base import Policy
 from kvstore.quotas import Quotas
 from kvstore.sessions import Session, SessionRegistry
-from kvstore.tiers.base import CorruptBlock, Tier, WriteFailed
+from kvstore.tiers.base import CorruptBlock, Tier, WriteFailed, checksum
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,10 @@ class Placement:
     def __init__(self, view: StoreView, policy: Policy, copier: Copier, quotas: Quotas | None = None) -> None:
         self.view = view
         self.quotas = quotas or Quotas({}, {})
+        # Blocks carry a checksum taken when their bytes came in (the server; the replay, whose
+        # bytes are zeros, skips it): checked when a block is written to disk, and when a memory
+        # tier's bytes are copied out for a reader over gRPC (tiers.base.checksum).
+        self.checksums = False
         self.tiers = view.tiers
         self.tier_by_name = {t.name: t for t in self.tiers}
         self.levels = view.levels
@@ -330,8 +334,17 @@ class Placement:
     def read(self, entry: BlockEntry) -> bytes | None:
         """The bytes of a block the caller holds a reader count on; a block whose bytes fail their
         checksum is dropped (unless it is being moved: the move finds out) and reads as None."""
+        tier = self.tier_by_name[entry.tier]
         try:
-            return self.copier.read_bytes(self.tier_by_name[entry.tier], entry)
+            data = self.copier.read_bytes(tier, entry)
+            if (
+                self.checksums
+                and entry.checksum is not None
+                and not tier.on_disk
+                and checksum(data) != entry.checksum
+            ):
+                raise CorruptBlock(f"block {entry.key.hex()} changed in {tier.name} since it was stored")
+            return data
         except CorruptBlock:
             with self.lock:
                 if self.held_locked(entry) and not entry.moving:

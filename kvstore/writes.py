@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from kvstore.errors import Cancelled, KVStoreError, ResourceExhausted
 from kvstore.index import BlockEntry
 from kvstore.sessions import Session
-from kvstore.tiers.base import as_buffer
+from kvstore.tiers.base import as_buffer, checksum
 
 if TYPE_CHECKING:
     from kvstore.store import PutBlock, Store
@@ -84,7 +84,10 @@ def _place_all(
                 placement.touch_locked(stored, now)
         if stored is None:
             size = store.namespaces[b.namespace].block_bytes  # validated: the data's size
-            fresh = BlockEntry(b.namespace, b.key, b.parent or None, size, "", meta=b.meta, last_use=now)
+            digest = checksum(b.data) if placement.checksums else None  # carried with the block from now on
+            fresh = BlockEntry(
+                b.namespace, b.key, b.parent or None, size, "", meta=b.meta, last_use=now, checksum=digest
+            )
             stored = placement.place(fresh, b.data)
             if stored is fresh:
                 undo.added.append(fresh)
@@ -126,6 +129,8 @@ def add_written(
         if gave_up is not None and gave_up():
             _free_slots(store, [e for e, _ in written[i:]])
             break
+        if entry is not None and store.placement.checksums:  # the slot is the lease's: no lock needed
+            entry.checksum = store.tier_by_name[entry.tier].checksum(entry)
         try:
             session = _index_written(store, namespace, entry, key, session_id, session, pin, undo, out)
         except KVStoreError:  # the session changed hands since Reserve: PermissionDenied, nothing kept

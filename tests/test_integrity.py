@@ -1,12 +1,14 @@
-"""Integrity on the shared-memory data plane, against a real server: a corrupt disk block read through
-Acquire, a Commit its client gave up on, and (per-slot generations) writes into a slot after its
-lease ended."""
+"""Integrity against a real server: a corrupt disk block read through Acquire, a Commit its client
+gave up on, bytes changed in a shared-memory slot after they were stored (checksums carried with
+blocks), and slots of an expired write lease kept from reuse for a while."""
 
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,9 @@ import pytest
 from conftest import BLOCK, ThreadedServer, make_settings
 
 from kvstore.persistence import disk_tier
+from kvstore.shm.header import HEADER_BYTES
+from kvstore.tiers.base import checksum
+from kvstore.tiers.disk import HEADER_V1, MAGIC, DiskTier
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 
@@ -112,3 +117,91 @@ def test_a_commit_its_client_gave_up_on_leaves_nothing(
     with pytest.raises(grpc.RpcError) as err:  # the lease is over: the client starts again
         stub.Commit(commit)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def scribble(srv: ThreadedServer, key: bytes) -> None:
+    """What another process of the server's user can do: write into a block's bytes in /dev/shm."""
+    entry = srv.store.index.get("t", key)
+    segment = srv.store.tier_by_name[entry.tier].segment
+    assert segment is not None
+    fd = os.open(f"/dev/shm/{segment.name}", os.O_RDWR)
+    try:
+        m = mmap.mmap(fd, HEADER_BYTES + segment.size)
+    finally:
+        os.close(fd)
+    m[HEADER_BYTES + entry.location] ^= 0xFF
+    m.close()
+
+
+def test_bytes_changed_in_shared_memory_are_never_served_nor_written_to_disk(
+    server: ThreadedServer, stub: pb_grpc.KVStoreStub
+) -> None:
+    """Blocks carry the checksum taken when they came in: one scribbled in its memory slot is a
+    dropped miss when read over gRPC, and is dropped (not written with a fresh checksum) when it
+    goes to disk; an untouched one goes to disk and back intact."""
+    keys = [key_of(i) for i in range(3)]
+    data = [os.urandom(BLOCK) for _ in keys]
+    stub.Put(iter(pb.PutRequest(namespace="t", key=k, data=d) for k, d in zip(keys, data, strict=True)))
+    store = server.store
+    assert {store.index.get("t", k).tier for k in keys} == {"hbm"}
+    scribble(server, keys[0])
+    reply = list(stub.Get(pb.GetRequest(namespace="t", keys=keys[:1])))
+    assert not reply[0].found and store.index.get("t", keys[0]) is None
+    scribble(server, keys[1])
+    store.evict("t", keys[1:])  # hbm -> dram: a memory copy carries the checksum as it is
+    assert {store.index.get("t", k).tier for k in keys[1:]} == {"dram"}
+    store.evict("t", keys[1:])  # dram -> disk: the scribbled block fails its checksum there
+    assert store.index.get("t", keys[1]) is None
+    disk = disk_tier(store)
+    assert disk is not None and not disk.path("t", keys[1]).exists()
+    assert store.index.get("t", keys[2]).tier == "disk"
+    store.promote_on_get = False
+    got = list(stub.Get(pb.GetRequest(namespace="t", keys=keys)))
+    assert [g.found for g in got] == [False, False, True] and got[2].data == data[2]
+    assert sum(t.used for t in store.tiers) == BLOCK  # nothing dropped left a slot behind
+
+
+def test_slots_of_an_expired_write_lease_are_not_reused_at_once(tmp_path: Path) -> None:
+    """A writer stalled past its lease may still be copying into its slots: they are freed one TTL
+    after the lease expired, so no other block is stored there meanwhile."""
+    srv = ThreadedServer(make_settings(tmp_path / "data", shared_memory={"lease_ttl_s": 1.0}))
+    try:
+        with grpc.insecure_channel(srv.address) as channel:
+            stub = pb_grpc.KVStoreStub(channel)
+            before = used(srv)
+            reply = stub.Reserve(
+                pb.ReserveRequest(namespace="t", blocks=[pb.BlockHeader(key=key_of(1), size=BLOCK)])
+            )
+            assert reply.slots[0].state == pb.SLOT_WRITE
+            time.sleep(1.5)  # expired, quarantined
+            assert srv.server.leases.stats() == {"write_leases": 0, "read_leases": 0, "reserved_bytes": BLOCK}
+            assert sum(used(srv).values()) == sum(before.values()) + BLOCK
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Commit(pb.LeaseRequest(lease_id=reply.lease_id))
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            deadline = time.monotonic() + 10
+            while used(srv) != before and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert used(srv) == before and srv.server.leases.stats()["reserved_bytes"] == 0
+    finally:
+        srv.stop()
+
+
+def test_block_files_of_the_previous_format_are_still_read(tmp_path: Path) -> None:
+    """Version 1 files (one CRC-32 over everything) from before the carried checksums: recovered,
+    served, and given the checksum they carry from then on."""
+    disk = DiskTier(tmp_path, 16 * BLOCK)
+    key, payload = key_of(7), os.urandom(BLOCK)
+    ns, meta = b"t", b"m"
+    body = ns + key + meta + payload
+    path = disk.path("t", key)
+    path.parent.mkdir(parents=True)
+    header = HEADER_V1.pack(MAGIC, 1, len(ns), len(key), 0, len(meta), len(payload), zlib.crc32(body))
+    path.write_bytes(header + body)
+    (entry,) = list(disk.scan())
+    assert (entry.key, entry.meta, entry.checksum) == (key, meta, checksum(payload))
+    assert disk.read_bytes(entry) == payload
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 1
+    path.write_bytes(bytes(raw))
+    assert list(disk.scan()) == [] and not path.exists()  # a corrupt one is still dropped

@@ -3,7 +3,13 @@
 Writing: `reserve` allocates slots in a shared tier and hands out their offsets under a write
 lease; the client copies its bytes in and calls `commit`, and only then are the blocks indexed.
 A client that dies mid-write never commits: its blocks were never visible, and when the lease
-expires its slots are freed.
+expires its slots are freed, one more TTL later: a writer stalled past its lease (the SDK stops
+writing at half of it) may still be copying into them, and a slot reused at once would take those
+bytes into another block. A block's bytes changed in its slot after its commit (by anything: a
+client writing after its commit, a same-user process scribbling on /dev/shm) no longer match the
+checksum taken at commit, which is checked when it is read over gRPC and when it goes to disk.
+Reads through shared memory are not checked: that would cost the client a CRC pass over every
+block (1-2 GB/s here, slower than the copy it guards); same-host clients are trusted (README).
 
 Reading: `acquire` takes a read lease on stored blocks. A leased block counts as read by a
 transfer (`BlockEntry.readers`), so nothing moves, evicts or frees it while the client copies;
@@ -95,6 +101,8 @@ class Leases:
         self.token = first.token if first is not None else b""
         self._active: dict[int, Lease] = {}
         self._deadlines: list[tuple[float, int]] = []  # heap; stale rows are skipped
+        # Slots of write leases that expired uncommitted, freed at their time (see the docstring).
+        self._quarantine: list[tuple[float, int, list[BlockEntry]]] = []  # heap (deadline, lease id, slots)
         self._ids = itertools.count(1)
         self._last_id = 0
         self._lock = threading.Lock()
@@ -209,7 +217,8 @@ class Leases:
         return True
 
     def expire(self) -> int:
-        """End the leases whose time is up; returns how many."""
+        """End the leases whose time is up (a write lease's slots are quarantined for one more
+        TTL), and free the quarantined slots whose time is up; returns how many leases ended."""
         now = self.store.clock.now()
         ended: list[Lease] = []
         with self._lock:
@@ -218,13 +227,23 @@ class Leases:
                 lease = self._active.pop(lease_id, None)
                 if lease is not None:
                     ended.append(lease)
+            for lease in ended:
+                slots = [entry for entry, _, _ in lease.slots if entry is not None]
+                if slots:
+                    heapq.heappush(self._quarantine, (now + self.ttl_s, lease.id, slots))
+            freed: list[BlockEntry] = []
+            while self._quarantine and self._quarantine[0][0] <= now:
+                freed += heapq.heappop(self._quarantine)[2]
         for lease in ended:
-            self._end(lease)
+            self.store.release(lease.reads)
+        for entry in freed:
+            self.store.free_slot(entry)
         return len(ended)
 
     def next_deadline(self) -> float | None:
         with self._lock:
-            return self._deadlines[0][0] if self._deadlines else None
+            deadlines = [rows[0][0] for rows in (self._deadlines, self._quarantine) if rows]
+            return min(deadlines, default=None)
 
     def _take(self, lease_id: int) -> Lease:
         lease = self._active.pop(lease_id, None)
@@ -246,8 +265,10 @@ class Leases:
     def stats(self) -> dict[str, int]:
         with self._lock:
             leases = list(self._active.values())
+            quarantined = sum(e.size for _, _, slots in self._quarantine for e in slots)
         return {
             "write_leases": sum(lease.writing for lease in leases),
             "read_leases": sum(not lease.writing for lease in leases),
-            "reserved_bytes": sum(e.size for lease in leases for e, _, _ in lease.slots if e is not None),
+            "reserved_bytes": quarantined
+            + sum(e.size for lease in leases for e, _, _ in lease.slots if e is not None),
         }
