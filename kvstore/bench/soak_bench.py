@@ -35,7 +35,6 @@ from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 BLOCK_TOKENS = 16
 BLOCK = 16 * 1024
 NS = "soak"
-IDLE_TTL_S = 10.0  # sessions left open by a client are closed this long after their last call
 
 
 def server_state(address: str, pid: int) -> dict[str, Any]:
@@ -136,7 +135,7 @@ def main(args: argparse.Namespace) -> int:
                     "hbm": {"enabled": "off"},
                     "dram": {"capacity": args.dram},
                     "disk": {"capacity": args.disk},
-                    "sessions": {"idle_ttl_s": IDLE_TTL_S},
+                    "sessions": {"idle_ttl_s": args.idle_ttl_s},
                     "log_level": "warning",
                     "namespaces": [
                         {"name": NS, "model": "m", "block_tokens": BLOCK_TOKENS, "block_bytes": BLOCK}
@@ -166,7 +165,7 @@ def main(args: argparse.Namespace) -> int:
         stop.set()
         for t in threads:
             t.join(120)
-        time.sleep(IDLE_TTL_S + 6)  # sessions left open expire (the server looks every idle_ttl/4)
+        time.sleep(args.idle_ttl_s * 1.5 + 1)  # sessions left open expire (the server looks every ttl/4)
         after = server_state(server.address, pid)
         server.terminate()
     rows = [
@@ -217,5 +216,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dram", default="64MiB", help="DRAM tier (default 64MiB: blocks cycle to disk)")
     p.add_argument("--disk", default="256MiB", help="disk tier (default 256MiB)")
     p.add_argument("--no-shm", action="store_true", help="blocks over gRPC only")
+    p.add_argument(
+        "--idle-ttl-s", type=float, default=10.0, help="sessions.idle_ttl_s of the server (default 10)"
+    )
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.set_defaults(run=main)
