@@ -9,6 +9,7 @@ that was opened (or closed and reopened under the same id) between an earlier ch
 
 from __future__ import annotations
 
+import contextlib
 from contextvars import ContextVar, Token
 
 from kvstore.errors import PermissionDenied
@@ -26,7 +27,10 @@ def act_as(tenant: str | None) -> Token[str | None]:
 
 
 def restore(token: Token[str | None]) -> None:
-    _TENANT.reset(token)
+    # A streaming handler's generator closed at garbage collection runs in another context, where
+    # there is nothing to undo (ValueError): its own request's context ends with it.
+    with contextlib.suppress(ValueError):
+        _TENANT.reset(token)
 
 
 def check_tenant(owner: str, what: str) -> None:
