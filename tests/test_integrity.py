@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import BLOCK, ThreadedServer, make_settings
+from kvstore.sdk import Client
 
 from kvstore.persistence import disk_tier
 from kvstore.shm.header import HEADER_BYTES
@@ -205,3 +206,22 @@ def test_block_files_of_the_previous_format_are_still_read(tmp_path: Path) -> No
     raw[-1] ^= 1
     path.write_bytes(bytes(raw))
     assert list(disk.scan()) == [] and not path.exists()  # a corrupt one is still dropped
+
+
+def test_a_block_changed_in_shared_memory_after_its_commit_is_a_miss_for_a_shm_reader(
+    server: ThreadedServer,
+) -> None:
+    """A client writing into a slot after its commit (here: the test, through /dev/shm): a reader
+    on the shared-memory path checks its copy against the block's checksum, discards it, and reads
+    over gRPC, where the server drops the block: a miss, never the changed bytes."""
+    with Client(server.address) as kv:
+        assert kv.transport() == "shm"
+        keys = kv.keys_for("t", range(4 * 3))
+        data = [os.urandom(BLOCK) for _ in keys]
+        kv.put("t", keys, data)
+        scribble(server, keys[1])
+        assert kv.get("t", keys) == [data[0], None, data[2]]
+        assert server.store.index.get("t", keys[1]) is None
+        out = [bytearray(BLOCK) for _ in keys[::2]]  # into caller buffers: checked the same way
+        assert [b.tier for b in kv.fetch("t", keys[::2], into=out)] == ["hbm", "hbm"]  # type: ignore[union-attr]
+        assert [bytes(b) for b in out] == [data[0], data[2]]

@@ -192,6 +192,7 @@ class KVStoreService(pb_grpc.KVStoreServicer):
                 size=b.size,
                 inline=b.data is not None,
                 data=b.data or b"",
+                checksum=b.checksum,
             )
             for key, b in zip(request.keys, blocks, strict=False)
         ]

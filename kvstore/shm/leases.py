@@ -7,9 +7,9 @@ expires its slots are freed, one more TTL later: a writer stalled past its lease
 writing at half of it) may still be copying into them, and a slot reused at once would take those
 bytes into another block. A block's bytes changed in its slot after its commit (by anything: a
 client writing after its commit, a same-user process scribbling on /dev/shm) no longer match the
-checksum taken at commit, which is checked when it is read over gRPC and when it goes to disk.
-Reads through shared memory are not checked: that would cost the client a CRC pass over every
-block (1-2 GB/s here, slower than the copy it guards); same-host clients are trusted (README).
+checksum taken at commit, which is checked when it is read over gRPC, when it goes to disk, and by
+the client on its copy of a block read through shared memory (Acquire hands out the checksum; a
+copy that fails is discarded and the block read over gRPC, where it is dropped: a miss).
 
 Reading: `acquire` takes a read lease on stored blocks. A leased block counts as read by a
 transfer (`BlockEntry.readers`), so nothing moves, evicts or frees it while the client copies;
@@ -70,6 +70,7 @@ class LeasedBlock:
     offset: int = 0
     size: int = 0
     data: bytes | None = None
+    checksum: int | None = None  # of a block in shared memory, for the client to check its copy
 
 
 @dataclass(slots=True)
@@ -198,8 +199,11 @@ class Leases:
                 out.append(LeasedBlock(r.key, r.meta, r.tier, data=r.data))
             else:
                 held = r.held
+                segment = self._segment_of[r.tier]
                 out.append(
-                    LeasedBlock(r.key, r.meta, r.tier, self._segment_of[r.tier], held.location, held.size)
+                    LeasedBlock(
+                        r.key, r.meta, r.tier, segment, held.location, held.size, checksum=held.checksum
+                    )
                 )
         return self._open(lease), out
 

@@ -252,7 +252,7 @@ class AcquireRequest(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., keys: _Optional[_Iterable[bytes]] = ..., session: _Optional[str] = ..., stop_at_miss: bool = ...) -> None: ...
 
 class LeasedBlock(_message.Message):
-    __slots__ = ("key", "found", "meta", "tier", "segment", "offset", "size", "inline", "data")
+    __slots__ = ("key", "found", "meta", "tier", "segment", "offset", "size", "inline", "data", "checksum")
     KEY_FIELD_NUMBER: _ClassVar[int]
     FOUND_FIELD_NUMBER: _ClassVar[int]
     META_FIELD_NUMBER: _ClassVar[int]
@@ -262,6 +262,7 @@ class LeasedBlock(_message.Message):
     SIZE_FIELD_NUMBER: _ClassVar[int]
     INLINE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     key: bytes
     found: bool
     meta: bytes
@@ -271,7 +272,8 @@ class LeasedBlock(_message.Message):
     size: int
     inline: bool
     data: bytes
-    def __init__(self, key: _Optional[bytes] = ..., found: bool = ..., meta: _Optional[bytes] = ..., tier: _Optional[str] = ..., segment: _Optional[int] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ..., inline: bool = ..., data: _Optional[bytes] = ...) -> None: ...
+    checksum: int
+    def __init__(self, key: _Optional[bytes] = ..., found: bool = ..., meta: _Optional[bytes] = ..., tier: _Optional[str] = ..., segment: _Optional[int] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ..., inline: bool = ..., data: _Optional[bytes] = ..., checksum: _Optional[int] = ...) -> None: ...
 
 class AcquireResponse(_message.Message):
     __slots__ = ("lease_id", "blocks", "expires_in_s", "token")
