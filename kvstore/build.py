@@ -8,7 +8,7 @@ Placement + SessionActions + namespaces -> Store
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from kvstore.clock import Clock, RealClock
 from kvstore.config import Settings
@@ -18,6 +18,7 @@ from kvstore.mover import Copier, Links, PlanQueue
 from kvstore.persistence import recover
 from kvstore.placement import Placement, StoreView
 from kvstore.policy import AgentConfig, TTLConfig, make_policy
+from kvstore.quotas import Quotas, TenantQuota
 from kvstore.sessions import ReturnTimes, SessionRegistry
 from kvstore.sessions.actions import SessionActions
 from kvstore.store import Store
@@ -43,16 +44,21 @@ def compose(
     io_workers: int = 2,
     limits: Limits | None = None,
     max_sessions: int = 0,
+    quotas: Mapping[str, TenantQuota] | None = None,
+    checksums: bool = False,
 ) -> Store:
     """A store over these tiers (fastest first) running this policy. The replay passes a virtual
     clock, counting tiers, fixed link speeds and `virtual_transfers`; the server, the defaults."""
     if not tiers:
         raise ValueError("a store needs at least one tier")
     links = links or Links()
-    sessions = SessionRegistry(returns or ReturnTimes(), max_sessions)
+    namespaces = list(namespaces)
+    tenant_quotas = Quotas(quotas or {}, {ns.name: ns.tenant for ns in namespaces})
+    sessions = SessionRegistry(returns or ReturnTimes(), max_sessions, tenant_quotas)
     view = StoreView(clock or RealClock(), tiers, sessions, links, Index())
     chosen = make_policy(policy, view, agent, ttl, engine_owns_top)
-    placement = Placement(view, chosen, Copier(links, io_workers))
+    placement = Placement(view, chosen, Copier(links, io_workers), tenant_quotas)
+    placement.checksums = checksums
     actions = SessionActions(placement, PlanQueue(), virtual_transfers)
     return Store(placement, actions, namespaces, promote_on_get, limits)
 
@@ -74,6 +80,8 @@ def build_store(settings: Settings) -> Store:
         promote_on_get=settings.promote_on_get,
         limits=settings.limits.to_limits(),
         max_sessions=settings.sessions.max_open,
+        quotas={name: t.to_quota() for name, t in settings.tenants.items()},
+        checksums=True,
     )
     recovered = recover(store)
     if recovered:

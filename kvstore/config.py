@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from kvstore.hashing import HASHES, Namespace
 from kvstore.policy.agent import AgentConfig
 from kvstore.policy.ttl import TTLConfig
+from kvstore.quotas import TenantQuota
 from kvstore.validation import Limits
 
 DEFAULT_PORT = 50551
@@ -112,6 +113,20 @@ class SessionsConfig(BaseModel):
         description="close a session no hint or data-path call named for this long (its blocks stay)",
     )
     max_open: int = Field(100_000, ge=1, description="open sessions at most; more is RESOURCE_EXHAUSTED")
+
+
+class TenantConfig(BaseModel):
+    """One tenant's quotas (README "Quotas"): what its namespaces' blocks and sessions may take."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_bytes: dict[Literal["hbm", "dram", "disk"], ByteSize] = Field(
+        default_factory=dict, description="per tier, bytes its blocks may hold; a tier not named: no cap"
+    )
+    max_sessions: int = Field(0, ge=0, description="sessions it may have open; 0: no cap")
+
+    def to_quota(self) -> TenantQuota:
+        return TenantQuota({t: int(b) for t, b in self.max_bytes.items()}, self.max_sessions)
 
 
 class NamespaceConfig(BaseModel):
@@ -250,6 +265,9 @@ class Settings(BaseSettings):
     limits: LimitsConfig = LimitsConfig()
     sessions: SessionsConfig = SessionsConfig()
     namespaces: list[NamespaceConfig] = Field(default_factory=_default_namespaces)
+    tenants: dict[str, TenantConfig] = Field(
+        default_factory=dict, description="quotas per tenant, by the `tenant:` its namespaces name"
+    )
     auth: AuthConfig = AuthConfig()
     tls: TlsConfig = TlsConfig()
     remote: RemoteConfig = RemoteConfig()
@@ -279,6 +297,13 @@ class Settings(BaseSettings):
             raise ValueError("every tier is disabled; enable at least one of hbm, dram, disk")
         if not self.namespaces:
             raise ValueError("namespaces: the list is empty; configure at least one namespace")
+        named = {ns.tenant for ns in self.namespaces}
+        for tenant in self.tenants:
+            if tenant not in named:  # a typo would leave the real tenant without its quota
+                raise ValueError(
+                    f"tenants.{tenant}: no namespace has tenant: {tenant!r} "
+                    f"(namespaces name {', '.join(repr(t) for t in sorted(named))})"
+                )
         tiers = {
             "hbm": int(self.hbm.capacity) if self.hbm.enabled != "off" else 0,
             "dram": int(self.dram.capacity) if self.dram.enabled else 0,

@@ -18,6 +18,7 @@ from kvstore.errors import FailedPrecondition, InvalidArgument, NotFound, shorte
 from kvstore.sessions import Fanout, Session, ToolCall
 from kvstore.sessions.returns import AwayKind
 from kvstore.store import Store
+from kvstore.tenancy import check_tenant
 from kvstore.validation import MAX_ID
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class Hints:
         session = self.registry.sessions.get(session_id)
         if session is None:
             raise NotFound(f"session {session_id!r} is not open; call OpenSession first")
+        check_tenant(session.tenant, f"session {session_id!r}")
         session.seen = self.store.clock.now()
         return session
 
@@ -83,12 +85,14 @@ class Hints:
         self.store.check.namespace(namespace)
         with self.store.lock:
             existing = self.registry.sessions.get(session_id)
+            if existing is not None:
+                check_tenant(existing.tenant, f"session {session_id!r}")
             if existing is not None and existing.namespace != namespace:
                 raise FailedPrecondition(
                     f"session {session_id!r} is already open in namespace {existing.namespace!r}"
                 )
-            self.registry.check_room([session_id])
             tenant = self.store.namespaces[namespace].tenant
+            self.registry.check_room([session_id], tenant)
             session = self.registry.open(session_id, namespace, self.store.clock.now(), tenant)
             self.registry.count_hint("open")
             return session
@@ -166,6 +170,7 @@ class Hints:
             session = self.registry.calls.get(call_id)
             if session is None or session.tool is None:
                 raise NotFound(f"no open tool call {call_id!r} (already ended, or never begun)")
+            check_tenant(session.tenant, f"tool call {call_id!r}")
             call = session.tool
             self.registry.end_tool(session, self.store.clock.now())
             self._plan_locked(session, "end_tool")
@@ -216,6 +221,7 @@ class Hints:
             session = self.registry.fanouts.get(fanout_id)
             if session is None or session.fanout is None:
                 raise NotFound(f"no running fan-out {fanout_id!r} (finished, expired, or never announced)")
+            check_tenant(session.tenant, f"fan-out {fanout_id!r}")
             session.fanout.branches_left -= 1
             left = session.fanout.branches_left
             self.registry.count_hint("branch_done")

@@ -31,6 +31,9 @@ class BlockEntry:
     moving: bool = False
     last_use: float = 0.0
     sessions: set[str] | None = None
+    # XXH3-64 of its bytes, taken when they entered the store (a put, a commit, a disk file) and
+    # carried with the block across tiers; None where the store keeps none (the replay).
+    checksum: int | None = None
 
     @property
     def movable(self) -> bool:
@@ -38,7 +41,9 @@ class BlockEntry:
 
     def staged(self, tier: str) -> BlockEntry:
         """A copy to allocate and write in another tier before the block moves there."""
-        return BlockEntry(self.namespace, self.key, self.parent, self.size, tier, 0, self.meta)
+        return BlockEntry(
+            self.namespace, self.key, self.parent, self.size, tier, 0, self.meta, checksum=self.checksum
+        )
 
 
 @dataclass(slots=True)

@@ -91,6 +91,26 @@ def _id_column(table: Table, name: str, wide: bool) -> None:
         table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=SHORT_ID)
 
 
+def _tenant_table(reply: pb.StatsResponse, console: Console) -> None:
+    """Per tenant: used / quota per tier (pinned in brackets), open sessions / their cap."""
+    if not reply.tenants:
+        return
+    table = Table(title="tenants (used / quota, pinned)")
+    table.add_column("tenant")
+    for t in reply.tiers:
+        table.add_column(t.name, justify="right")
+    table.add_column("sessions", justify="right")
+    for tenant in reply.tenants:
+        cells = [
+            f"{human(u.used_bytes)} / {human(u.quota_bytes) if u.quota_bytes else '-'}"
+            + (f" ({human(u.pinned_bytes)})" if u.pinned_bytes else "")
+            for u in tenant.tiers
+        ]
+        cap = str(tenant.max_sessions) if tenant.max_sessions else "-"
+        table.add_row(tenant.tenant or "(none)", *cells, f"{tenant.sessions} / {cap}")
+    console.print(table)
+
+
 def _stats(channel: grpc.Channel, args: argparse.Namespace, console: Console) -> Any:
     reply = pb_grpc.AdminStub(channel).Stats(pb.StatsRequest(), timeout=args.timeout)
     if args.json:
@@ -118,6 +138,7 @@ def _stats(channel: grpc.Channel, args: argparse.Namespace, console: Console) ->
         "devices: "
         + ", ".join(f"{t.name} {t.device}{' (shared memory)' if t.shared else ''}" for t in reply.tiers)
     )
+    _tenant_table(reply, console)
     lease = reply.leases
     console.print(
         f"shared-memory leases: {lease.write_leases} writing ({human(lease.reserved_bytes)} reserved), "

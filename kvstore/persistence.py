@@ -37,6 +37,7 @@ def recover(store: Store) -> int:
                 continue
             if not disk.adopt(entry):
                 continue
+            store.placement.quotas.charge(entry, disk.name)
             entry.last_use = now - max(0.0, wall_now - entry.last_use)  # idle time carries over
             store.placement.add_locked(entry)
             recovered += 1

@@ -29,8 +29,9 @@ from kvstore.clock import Clock
 from kvstore.index import BlockEntry, Index
 from kvstore.mover import Copier, Links
 from kvstore.policy.base import Policy
+from kvstore.quotas import Quotas
 from kvstore.sessions import Session, SessionRegistry
-from kvstore.tiers.base import CorruptBlock, Tier, WriteFailed
+from kvstore.tiers.base import CorruptBlock, Tier, WriteFailed, checksum
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,13 @@ class Moved(enum.Enum):
 
 
 class Placement:
-    def __init__(self, view: StoreView, policy: Policy, copier: Copier) -> None:
+    def __init__(self, view: StoreView, policy: Policy, copier: Copier, quotas: Quotas | None = None) -> None:
         self.view = view
+        self.quotas = quotas or Quotas({}, {})
+        # Blocks carry a checksum taken when their bytes came in (the server; the replay, whose
+        # bytes are zeros, skips it): checked when a block is written to disk, and when a memory
+        # tier's bytes are copied out for a reader over gRPC (tiers.base.checksum).
+        self.checksums = False
         self.tiers = view.tiers
         self.tier_by_name = {t.name: t for t in self.tiers}
         self.levels = view.levels
@@ -107,6 +113,31 @@ class Placement:
         tier = self.tiers[level]
         return tier.capacity - tier.used
 
+    def allocate_locked(self, tier: Tier, entry: BlockEntry) -> bool:
+        """A slot for `entry` in `tier`, within capacity and its tenant's quota (charged to it)."""
+        if not self.quotas.fits(entry, tier.name) or not tier.allocate(entry):
+            return False
+        self.quotas.charge(entry, tier.name)
+        return True
+
+    def free_locked(self, tier: Tier, entry: BlockEntry, later: bool = False) -> None:
+        """Give back a slot `allocate_locked` gave (`later`: a file is unlinked off the lock)."""
+        if later:
+            tier.free_later(entry)
+        else:
+            tier.free(entry)
+        self.quotas.charge(entry, tier.name, -1)
+
+    def victim_locked(self, entry: BlockEntry, tier: Tier, below: float | None = None) -> BlockEntry | None:
+        """What to push out of `tier` so `entry` fits: where its tenant is at quota, only one of the
+        tenant's own blocks (making room there helps nobody else); else the policy's first victim."""
+        if not self.quotas.fits(entry, tier.name):
+            return self.quotas.own_victim(self.policy, tier.name, entry.namespace, below)
+        return self.policy.victim(tier.name, below)
+
+    def could_fit_locked(self, entry: BlockEntry, tier: Tier) -> bool:
+        return entry.size <= tier.capacity and self.quotas.could_fit(entry, tier.name)
+
     def add_locked(self, entry: BlockEntry) -> None:
         self.index.add(entry)
         self.tier_blocks[entry.tier] += 1
@@ -123,6 +154,7 @@ class Placement:
         if entry.pins == 0:
             self.pinned_bytes[entry.tier] += entry.size
             self.pinned_blocks[entry.tier] += 1
+            self.quotas.charge_pin(entry, entry.tier, 1)
             self.sessions.on_pinned(entry, True)
             self.policy.on_pin(entry)
         entry.pins += 1
@@ -137,12 +169,13 @@ class Placement:
         if entry.pins == 0:
             self.pinned_bytes[entry.tier] -= entry.size
             self.pinned_blocks[entry.tier] -= 1
+            self.quotas.charge_pin(entry, entry.tier, -1)
             self.sessions.on_pinned(entry, False)
             self.policy.on_unpin(entry)
 
     def drop_locked(self, entry: BlockEntry, count: bool = True) -> None:
         self._count_wasted(entry, self.sessions.on_drop(entry))
-        self.tiers[self.levels[entry.tier]].free(entry)
+        self.free_locked(self.tier_by_name[entry.tier], entry)
         self.policy.on_remove(entry)
         self.index.remove(entry)
         self._leave_tier(entry)
@@ -212,11 +245,12 @@ class Placement:
                 if not dst.writable:  # its writes fail (a full disk): no room there for now
                     return Moved.NO_ROOM  # a claimed entry stays marked: the caller decides
                 staged = entry.staged(dst.name)
-                if entry.size <= dst.capacity and dst.allocate(staged):
+                fits = self.could_fit_locked(entry, dst)
+                if fits and self.allocate_locked(dst, staged):
                     entry.moving = True
                     src = self.tier_by_name[entry.tier]
                     break
-                victim = self.policy.victim(dst.name, below) if entry.size <= dst.capacity else None
+                victim = self.victim_locked(staged, dst, below) if fits else None
                 if victim is None:
                     if claimed:
                         entry.moving = True  # still ours: the caller decides
@@ -227,26 +261,26 @@ class Placement:
             self.copier.copy(src, entry, dst, staged, data)
         except CorruptBlock:
             with self.lock:
-                dst.free(staged)
+                self.free_locked(dst, staged)
                 entry.moving = False
                 if self.held_locked(entry):
                     self.drop_locked(entry)
             return Moved.GONE
         except WriteFailed:
             with self.lock:
-                dst.free(staged)
+                self.free_locked(dst, staged)
                 entry.moving = claimed  # a claimed victim stays ours: push_down drops it
             return Moved.NO_ROOM
         except BaseException:
             with self.lock:
-                dst.free(staged)
+                self.free_locked(dst, staged)
                 entry.moving = False
             raise
         with self.lock:
             entry.moving = False
             lower = self.levels[dst.name] > self.levels[src.name]
             if not self.held_locked(entry) or entry.readers or (entry.pins and lower):
-                dst.free(staged)
+                self.free_locked(dst, staged)
                 return Moved.BUSY
             self._switch_locked(entry, src, staged)
             if pin:
@@ -258,36 +292,44 @@ class Placement:
         reserved slot, and only then is it indexed. Returns the stored entry (another writer's, if
         one stored the key meanwhile), or None when no tier can take it."""
         for level, tier in enumerate(self.tiers):
-            if entry.size > tier.capacity or not tier.writable:
+            if not tier.writable:
                 continue
-            while True:
-                with self.lock:
-                    entry.tier = tier.name
-                    if tier.allocate(entry):
-                        break
-                    victim = self.policy.victim(tier.name)
-                    if victim is None:
-                        entry.tier = ""
-                        break
-                    victim.moving = True
-                self.push_down(victim, level)
-            if entry.tier:
+            if self.reserve(entry, level):
                 try:
                     self.copier.write(tier, entry, data)
                 except WriteFailed:  # its slot goes back; the next tier down may take it
                     with self.lock:
-                        tier.free(entry)
+                        self.free_locked(tier, entry)
                         entry.tier = ""
                     continue
                 with self.lock:
                     stored = self.index.get(entry.namespace, entry.key)
                     if stored is not None:  # another writer got there first
-                        tier.free(entry)
+                        self.free_locked(tier, entry)
                         self.touch_locked(stored, self.clock.now())
                         return stored
                     self.add_locked(entry)
                     return entry
         return None
+
+    def reserve(self, entry: BlockEntry, level: int) -> bool:
+        """Allocate a slot for a new (unindexed) `entry` in tiers[level], pushing victims down until
+        it fits (sets entry.tier and location); False, entry.tier '', when it cannot."""
+        tier = self.tiers[level]
+        while True:
+            with self.lock:
+                entry.tier = tier.name
+                if not self.could_fit_locked(entry, tier):
+                    entry.tier = ""
+                    return False
+                if self.allocate_locked(tier, entry):
+                    return True
+                victim = self.victim_locked(entry, tier)
+                if victim is None:
+                    entry.tier = ""
+                    return False
+                victim.moving = True
+            self.push_down(victim, level)
 
     def evict(self, entry: BlockEntry, drop: bool = False) -> bool:
         """Move a block one tier down, or out (`drop`, or from the bottom tier). False if it is
@@ -306,8 +348,17 @@ class Placement:
     def read(self, entry: BlockEntry) -> bytes | None:
         """The bytes of a block the caller holds a reader count on; a block whose bytes fail their
         checksum is dropped (unless it is being moved: the move finds out) and reads as None."""
+        tier = self.tier_by_name[entry.tier]
         try:
-            return self.copier.read_bytes(self.tier_by_name[entry.tier], entry)
+            data = self.copier.read_bytes(tier, entry)
+            if (
+                self.checksums
+                and entry.checksum is not None
+                and not tier.on_disk
+                and checksum(data) != entry.checksum
+            ):
+                raise CorruptBlock(f"block {entry.key.hex()} changed in {tier.name} since it was stored")
+            return data
         except CorruptBlock:
             with self.lock:
                 if self.held_locked(entry) and not entry.moving:
@@ -319,7 +370,7 @@ class Placement:
     def _switch_locked(self, entry: BlockEntry, src: Tier, staged: BlockEntry) -> None:
         """The bytes are in `staged`'s slot: the block now lives there, and its source is freed
         (a source file is unlinked off the lock: up to milliseconds when the journal is busy)."""
-        src.free_later(entry)
+        self.free_locked(src, entry, later=True)
         from_tier = entry.tier
         self._leave_tier(entry)
         entry.tier, entry.location = staged.tier, staged.location
@@ -327,6 +378,7 @@ class Placement:
         if entry.pins:
             self.pinned_bytes[entry.tier] += entry.size
             self.pinned_blocks[entry.tier] += 1
+            self.quotas.charge_pin(entry, entry.tier, 1)
         self.counters[from_tier].moves_out += 1
         self.counters[entry.tier].moves_in += 1
         if log.isEnabledFor(logging.DEBUG):  # per block: build the record only when it is kept
@@ -348,6 +400,7 @@ class Placement:
         if entry.pins:
             self.pinned_bytes[entry.tier] -= entry.size
             self.pinned_blocks[entry.tier] -= 1
+            self.quotas.charge_pin(entry, entry.tier, -1)
 
     def _count_wasted(self, entry: BlockEntry, sessions: Sequence[Session]) -> None:
         """Prefetched blocks that left the top tier before their session used them."""

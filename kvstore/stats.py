@@ -28,6 +28,22 @@ class TierStats:
 
 
 @dataclass(slots=True)
+class TenantTier:
+    tier: str
+    used: int
+    quota: int  # 0: none
+    pinned: int
+
+
+@dataclass(slots=True)
+class TenantStats:
+    tenant: str
+    tiers: list[TenantTier]
+    sessions: int
+    max_sessions: int  # 0: none
+
+
+@dataclass(slots=True)
 class StoreStats:
     tiers: list[TierStats]
     blocks: int
@@ -35,6 +51,7 @@ class StoreStats:
     lookups: int
     lookup_hit_blocks: int
     policy: str
+    tenants: list[TenantStats]
 
 
 def store_stats(store: Store) -> StoreStats:
@@ -57,8 +74,28 @@ def store_stats(store: Store) -> StoreStats:
             for c in [p.counters[t.name]]
         ]
         return StoreStats(
-            tiers, len(store.index), store.misses, store.lookups, store.lookup_hit_blocks, store.policy.name
+            tiers,
+            len(store.index),
+            store.misses,
+            store.lookups,
+            store.lookup_hit_blocks,
+            store.policy.name,
+            _tenants_locked(store),
         )
+
+
+def _tenants_locked(store: Store) -> list[TenantStats]:
+    quotas, open_now = store.placement.quotas, store.sessions.open_per_tenant
+    out = []
+    for tenant in quotas.tenants():
+        used, pinned = quotas.used.get(tenant, {}), quotas.pinned.get(tenant, {})
+        limit = quotas.limits.get(tenant)
+        tiers = [
+            TenantTier(t.name, used.get(t.name, 0), quotas.cap(tenant, t.name) or 0, pinned.get(t.name, 0))
+            for t in store.tiers
+        ]
+        out.append(TenantStats(tenant, tiers, open_now[tenant], limit.max_sessions if limit else 0))
+    return out
 
 
 def list_blocks(

@@ -35,6 +35,7 @@ from kvstore.index import BlockEntry, PrefixMatch
 from kvstore.placement import Moved, Placement
 from kvstore.sessions import Session
 from kvstore.sessions.actions import SessionActions
+from kvstore.tenancy import check_tenant
 from kvstore.tiers.remote import RemoteTier
 from kvstore.validation import Checks, Limits
 
@@ -126,41 +127,27 @@ class Store:
         """A slot for `entry` in the fastest shared-memory tier that has or can make room, for a
         client to write in place; it stays out of the index until `add_written`."""
         for level, tier in enumerate(self.tiers):
-            if tier.segment is None or entry.size > tier.capacity:
-                continue
-            if self.placement.room_locked(level) < entry.size:
-                self.placement.make_room(level, entry.size)
-            with self.lock:
-                entry.tier = tier.name
-                if tier.allocate(entry):
-                    return True
-        entry.tier = ""
+            if tier.segment is not None and self.placement.reserve(entry, level):
+                return True
         return False
 
     def free_slot(self, entry: BlockEntry) -> None:
         """Give back a slot that was reserved but never indexed (a lease that ended uncommitted)."""
         with self.lock:
-            self.tier_by_name[entry.tier].free(entry)
+            self.placement.free_locked(self.tier_by_name[entry.tier], entry)
 
     def add_written(
-        self, entry: BlockEntry | None, namespace: str, key: bytes, session: str | None, pin: bool
-    ) -> BlockEntry | None:
-        """Index a block a client wrote into its slot (`entry`), or count a block stored already as
-        put again (`entry` None). A key stored meanwhile by another writer keeps that one."""
-        with self.lock:
-            now = self.clock.now()
-            stored = self.index.get(namespace, key)
-            if entry is not None and stored is None:
-                entry.last_use = now
-                self.placement.add_locked(entry)
-                stored = entry
-            elif entry is not None:
-                self.tier_by_name[entry.tier].free(entry)
-            if stored is not None:
-                self.placement.touch_locked(stored, now)
-                active = self.active_session_locked(session, namespace, now) if session else None
-                self.claim_locked(stored, active, pin)
-            return stored
+        self,
+        namespace: str,
+        written: Sequence[tuple[BlockEntry | None, bytes]],
+        session: str | None,
+        pin: bool,
+        gave_up: Callable[[], bool] | None = None,
+    ) -> list[BlockEntry | None]:
+        """Index blocks clients wrote into their slots (`entry`, key), or count a block stored
+        already as put again (entry None); a key stored meanwhile by another writer keeps that one.
+        `gave_up`: as for `put`, what this did is taken back once its caller stopped waiting."""
+        return writes.add_written(self, namespace, written, session, pin, gave_up)
 
     # ------------------------------------------------------------------ reading
 
@@ -181,7 +168,7 @@ class Store:
         placement = self.placement
         with self.lock:
             if session:
-                self.sessions.check_room([session])
+                self.check_session_locked(session, namespace)
             blocks = self.index.blocks(namespace)
             found: list[BlockEntry | None] = []
             for key in keys:
@@ -206,12 +193,15 @@ class Store:
         fetched = self._read_remote(namespace, keys, found, out, stop_at_miss)
         promote: list[tuple[BlockEntry, bytes | None]] = []
         with self.lock:
-            now = self.clock.now()
-            active = self.active_session_locked(session, namespace, now) if session else None
             for i, entry in enumerate(found):
                 read = out[i] if i < len(out) else None
                 if entry is not None and (read is None or read.held is None):
                     entry.readers -= 1
+            now = self.clock.now()
+            # Checked again here (PermissionDenied): the session may have changed hands meanwhile.
+            active = self.active_session_locked(session, namespace, now) if session else None
+            for i, entry in enumerate(found):
+                read = out[i] if i < len(out) else None
                 if i >= len(out):
                     continue  # after a stop: neither a hit nor a miss
                 if read is None:
@@ -308,7 +298,7 @@ class Store:
         result = Promotion({}, 0)
         with self.lock:
             if session:
-                self.sessions.check_room([session])
+                self.check_session_locked(session, namespace)
             now = self.clock.now()
             active = self.active_session_locked(session, namespace, now) if session else None
             blocks, ref = self.index.blocks(namespace), self.sessions.ref
@@ -345,7 +335,7 @@ class Store:
         self.check.session(session)
         with self.lock:
             if session:
-                self.sessions.check_room([session])
+                self.check_session_locked(session, namespace)
             match = self.index.longest_prefix(namespace, keys)
             self.lookups += 1
             self.lookup_hit_blocks += match.blocks
@@ -362,9 +352,23 @@ class Store:
                     self.lookup_hit_blocks += match.remote
         return match
 
+    def check_session_locked(self, session_id: str, namespace: str) -> None:
+        """Before a data-path call changes anything: the session it names may be opened (the
+        caps), and is not another tenant's (tenancy; checked under the lock, where it acts)."""
+        existing = self.sessions.sessions.get(session_id)
+        if existing is not None:
+            check_tenant(existing.tenant, f"session {session_id!r}")
+        else:
+            self.sessions.check_room([session_id], self.namespaces[namespace].tenant)
+
     def active_session_locked(self, session_id: str, namespace: str, now: float) -> Session:
         """The session a data-path call names (opened on first use): it is back from whatever it
-        was away for (which is learned), and whatever was brought back for it has been used."""
+        was away for (which is learned), and whatever was brought back for it has been used.
+        PermissionDenied when it is another tenant's (callers checked first; it can have changed
+        hands since: they take back what they did)."""
+        existing = self.sessions.sessions.get(session_id)
+        if existing is not None:
+            check_tenant(existing.tenant, f"session {session_id!r}")
         session = self.sessions.open(session_id, namespace, now, self.namespaces[namespace].tenant)
         if session.away is not None or session.tool is not None:
             self.policy.on_resume(session)

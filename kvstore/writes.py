@@ -8,10 +8,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from kvstore.errors import Cancelled, ResourceExhausted
+from kvstore.errors import Cancelled, KVStoreError, ResourceExhausted
 from kvstore.index import BlockEntry
 from kvstore.sessions import Session
-from kvstore.tiers.base import as_buffer
+from kvstore.tiers.base import as_buffer, checksum
 
 if TYPE_CHECKING:
     from kvstore.store import PutBlock, Store
@@ -41,14 +41,39 @@ def put(store: Store, blocks: Sequence[PutBlock], gave_up: Callable[[], bool] | 
     placement = store.placement
     with store.lock:
         _check_room_locked(store, blocks)
-        store.sessions.check_room(b.session for b in blocks if b.session)
+        for b in blocks:
+            if b.session and b.session in store.sessions.sessions:
+                store.check_session_locked(b.session, b.namespace)  # not another tenant's
+        for tenant, sessions in _sessions_by_tenant(store, blocks).items():
+            store.sessions.check_room(sessions, tenant)
         new = {(b.namespace, b.key): b for b in blocks if store.index.get(b.namespace, b.key) is None}
     if gave_up is not None and gave_up():
         raise Cancelled("the caller gave up on this put before it was stored")
     placement.make_room(0, sum(store.namespaces[ns].block_bytes for ns, _ in new))  # one pass of victims
+    undo = _Undo()
+    try:
+        entries = _place_all(store, blocks, gave_up, undo)
+    except KVStoreError:  # a session that changed hands meanwhile: PermissionDenied, nothing kept
+        with store.lock:
+            _undo_locked(store, undo)
+        raise
+    with store.lock:  # where each is now: a big batch may have pushed its own first blocks down or out
+        if gave_up is not None and gave_up():
+            _undo_locked(store, undo)
+            raise Cancelled("the caller gave up on this put before it was stored")
+        return [e.tier if e is not None and placement.held_locked(e) else "" for e in entries]
+
+
+def _place_all(
+    store: Store,
+    blocks: Sequence[PutBlock],
+    gave_up: Callable[[], bool] | None,
+    undo: _Undo,
+) -> list[BlockEntry | None]:
+    """Place each block and claim it for its session and pin, recording what to take back."""
+    placement = store.placement
     entries: list[BlockEntry | None] = []
     active: dict[str, Session] = {}  # each session named resolved once per call
-    undo = _Undo()
     for b in blocks:
         if gave_up is not None and gave_up():
             break
@@ -59,7 +84,10 @@ def put(store: Store, blocks: Sequence[PutBlock], gave_up: Callable[[], bool] | 
                 placement.touch_locked(stored, now)
         if stored is None:
             size = store.namespaces[b.namespace].block_bytes  # validated: the data's size
-            fresh = BlockEntry(b.namespace, b.key, b.parent or None, size, "", meta=b.meta, last_use=now)
+            digest = checksum(b.data) if placement.checksums else None  # carried with the block from now on
+            fresh = BlockEntry(
+                b.namespace, b.key, b.parent or None, size, "", meta=b.meta, last_use=now, checksum=digest
+            )
             stored = placement.place(fresh, b.data)
             if stored is fresh:
                 undo.added.append(fresh)
@@ -78,11 +106,88 @@ def put(store: Store, blocks: Sequence[PutBlock], gave_up: Callable[[], bool] | 
                 if b.pin:
                     undo.pins.append(stored)
         entries.append(stored)
-    with store.lock:  # where each is now: a big batch may have pushed its own first blocks down or out
+    return entries
+
+
+def add_written(
+    store: Store,
+    namespace: str,
+    written: Sequence[tuple[BlockEntry | None, bytes]],
+    session_id: str | None,
+    pin: bool,
+    gave_up: Callable[[], bool] | None = None,
+) -> list[BlockEntry | None]:
+    """A Commit: index the blocks written into their reserved slots (Store.add_written). Its
+    caller giving up takes it back as for a put; the slots of blocks not indexed are freed."""
+    undo = _Undo()
+    out: list[BlockEntry | None] = []
+    if gave_up is not None and gave_up():
+        _free_slots(store, [entry for entry, _ in written])
+        raise Cancelled("the caller gave up on this commit before it was stored")
+    session: Session | None = None
+    for i, (entry, key) in enumerate(written):
+        if gave_up is not None and gave_up():
+            _free_slots(store, [e for e, _ in written[i:]])
+            break
+        if entry is not None and store.placement.checksums:  # the slot is the lease's: no lock needed
+            entry.checksum = store.tier_by_name[entry.tier].checksum(entry)
+        try:
+            session = _index_written(store, namespace, entry, key, session_id, session, pin, undo, out)
+        except KVStoreError:  # the session changed hands since Reserve: PermissionDenied, nothing kept
+            _free_slots(store, [e for e, _ in written[i + 1 :]])
+            with store.lock:
+                _undo_locked(store, undo)
+            raise
+    with store.lock:
         if gave_up is not None and gave_up():
             _undo_locked(store, undo)
-            raise Cancelled("the caller gave up on this put before it was stored")
-        return [e.tier if e is not None and placement.held_locked(e) else "" for e in entries]
+            raise Cancelled("the caller gave up on this commit before it was stored")
+    return out
+
+
+def _index_written(
+    store: Store,
+    namespace: str,
+    entry: BlockEntry | None,
+    key: bytes,
+    session_id: str | None,
+    session: Session | None,
+    pin: bool,
+    undo: _Undo,
+    out: list[BlockEntry | None],
+) -> Session | None:
+    """One block of a commit, indexed (or counted as put again); returns the commit's session."""
+    placement = store.placement
+    with store.lock:
+        now = store.clock.now()
+        stored = store.index.get(namespace, key)
+        if entry is not None and stored is None:
+            entry.last_use = now
+            placement.add_locked(entry)
+            stored = entry
+            undo.added.append(entry)
+        elif entry is not None:
+            placement.free_locked(store.tier_by_name[entry.tier], entry)
+        if stored is not None:
+            placement.touch_locked(stored, now)
+            if session_id and session is None:
+                if session_id not in store.sessions.sessions:
+                    undo.opened.append(session_id)
+                session = store.active_session_locked(session_id, namespace, now)
+            if session is not None and (stored.sessions is None or session.id not in stored.sessions):
+                undo.refs.append((stored, session))
+            store.claim_locked(stored, session, pin)
+            if pin:
+                undo.pins.append(stored)
+    out.append(stored)
+    return session
+
+
+def _free_slots(store: Store, entries: Sequence[BlockEntry | None]) -> None:
+    with store.lock:
+        for entry in entries:
+            if entry is not None:
+                store.placement.free_locked(store.tier_by_name[entry.tier], entry)
 
 
 def _undo_locked(store: Store, undo: _Undo) -> None:
@@ -103,19 +208,42 @@ def _undo_locked(store: Store, undo: _Undo) -> None:
             placement.drop_locked(entry, count=False)
 
 
+def _sessions_by_tenant(store: Store, blocks: Sequence[PutBlock]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for b in blocks:
+        if b.session:
+            out.setdefault(store.namespaces[b.namespace].tenant, set()).add(b.session)
+    return out
+
+
+def check_quota_locked(store: Store, tenant: str, pinned_new: int, largest_unpinned: int) -> None:
+    """ResourceExhausted when `tenant`'s quota, less what it has pinned, cannot take these."""
+    pinned = store.placement.pinned_bytes
+    store.placement.quotas.check_pinned(
+        tenant, ((t.name, t.capacity - pinned[t.name]) for t in store.tiers), pinned_new, largest_unpinned
+    )
+
+
 def _check_room_locked(store: Store, blocks: Sequence[PutBlock]) -> None:
     """ResourceExhausted unless the new pinned blocks, plus any one unpinned block, fit beside
-    what is pinned already (unpinned blocks of a batch may push each other down and out)."""
+    what is pinned already (unpinned blocks of a batch may push each other down and out), in the
+    tiers and in each tenant's quota."""
     pinned_new, largest_unpinned, seen = 0, 0, set()
+    per_tenant: dict[str, list[int]] = {}  # tenant -> [pinned new, largest unpinned]
     for b in blocks:
         if (b.namespace, b.key) in seen or store.index.get(b.namespace, b.key) is not None:
             continue
         seen.add((b.namespace, b.key))
-        size = store.namespaces[b.namespace].block_bytes
+        ns = store.namespaces[b.namespace]
+        row = per_tenant.setdefault(ns.tenant, [0, 0])
         if b.pin:
-            pinned_new += size
+            pinned_new += ns.block_bytes
+            row[0] += ns.block_bytes
         else:
-            largest_unpinned = max(largest_unpinned, size)
+            largest_unpinned = max(largest_unpinned, ns.block_bytes)
+            row[1] = max(row[1], ns.block_bytes)
+    for tenant, (tenant_pinned, tenant_unpinned) in per_tenant.items():
+        check_quota_locked(store, tenant, tenant_pinned, tenant_unpinned)
     room = sum(t.capacity - store.placement.pinned_bytes[t.name] for t in store.tiers)
     if pinned_new + largest_unpinned > room:
         raise ResourceExhausted(

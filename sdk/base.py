@@ -225,6 +225,8 @@ class ClientBase:
             return None
         try:
             blocks = core.read_leased(segments, reply, keys, into)
+        except core.ChangedInPlace:  # over gRPC the server checks it too, and drops it: a miss
+            blocks = None
         finally:
             valid = (yield Rpc("Release", lease)).valid
         return blocks if valid else None

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import xxhash
 from kvstore.sdk import shm, tensors
 
 from kvstore import errors
@@ -138,6 +139,11 @@ def put_requests(
 # ---------------------------------------------------------------- shared-memory data plane
 
 
+class ChangedInPlace(Exception):
+    """A block copied out of shared memory does not match the checksum it was stored with (its
+    slot was written after its commit): what was read is void; read over gRPC instead."""
+
+
 class LeaseRunningOut(Exception):
     """Too little of a write lease is left to copy safely: give it back and use gRPC."""
 
@@ -187,7 +193,9 @@ def read_leased(
     keys: Sequence[bytes],
     into: Sequence[Any] | None = None,
 ) -> list[StoredBlock | None]:
-    """Copy leased blocks out (into `into`'s buffers when given: data is then that buffer)."""
+    """Copy leased blocks out (into `into`'s buffers when given: data is then that buffer).
+    Each copy from shared memory is checked against the block's checksum (XXH3-64: a twentieth of
+    the copy's cost); ChangedInPlace when one fails."""
     out: list[StoredBlock | None] = []
     for i, b in enumerate(reply.blocks):
         if not b.found:
@@ -199,11 +207,16 @@ def read_leased(
             if dst.nbytes != src.nbytes:
                 raise ValueError(f"buffer #{i} has {dst.nbytes} bytes; the block has {src.nbytes}")
             dst[:] = src
+            copy: Any = dst
             out.append(StoredBlock(into[i], b.meta, b.tier))
         elif tensors.is_tensor_meta(b.meta):
-            out.append(StoredBlock(bytearray(src), b.meta, b.tier))  # decode shares a bytearray
+            copy = bytearray(src)
+            out.append(StoredBlock(copy, b.meta, b.tier))  # decode shares a bytearray
         else:
-            out.append(StoredBlock(bytes(src), b.meta, b.tier))
+            copy = bytes(src)
+            out.append(StoredBlock(copy, b.meta, b.tier))
+        if not b.inline and b.HasField("checksum") and xxhash.xxh3_64_intdigest(copy) != b.checksum:
+            raise ChangedInPlace(f"block {b.key.hex()} changed in shared memory since it was stored")
     return out + [None] * (len(keys) - len(out))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,33 @@ def test_hints_on_another_tenants_session_are_denied(secured: tuple[ThreadedServ
         )
     session = srv.store.sessions.sessions["sa"]
     assert session.state.value == "in_tool" and session.blocks == 3
+
+
+def test_a_hint_queued_behind_another_tenants_open_cannot_reach_its_session(
+    secured: tuple[ThreadedServer, dict[str, str]],
+) -> None:
+    """Hints run in arrival order on one worker: b's BeginToolCall for "x" arrives while "x" is not
+    open yet (a's OpenSession for it is queued first). Checked on arrival, it passed and then acted
+    on a's session; checked where it acts, under the store's lock, it is denied."""
+    srv, tokens = secured
+    with grpc.insecure_channel(srv.address) as ch:
+        hints = pb_grpc.AgentHintsStub(ch)
+        a, b = md(tokens["agent-a"]), md(tokens["agent-b"])
+        with srv.store.lock:  # the worker waits: both hints are queued before either runs
+            opened = hints.OpenSession.future(
+                pb.OpenSessionRequest(session="x", namespace="a-ns"), metadata=a
+            )
+            time.sleep(0.3)
+            begun = hints.BeginToolCall.future(
+                pb.BeginToolCallRequest(session="x", tool_name="grep", call_id="c"), metadata=b
+            )
+            time.sleep(0.3)
+        assert opened.result(timeout=10).session == "x"
+        with pytest.raises(grpc.RpcError) as err:
+            begun.result(timeout=10)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    session = srv.store.sessions.sessions["x"]
+    assert session.tool is None and "c" not in srv.store.sessions.calls
 
 
 def test_shared_memory_only_for_a_tenant_owning_every_namespace(

@@ -1,5 +1,5 @@
 """Benchmarks: `kvstore bench replay | route | index | grpc | hints | dataplane | proxy | stall | vllm |
-crash | remote | redis-scale`.
+crash | remote | redis-scale | soak | faults`.
 
 They print figures for notes; none of them is a timed test."""
 
@@ -12,6 +12,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     from kvstore.bench import (
         crash_bench,
         dataplane_bench,
+        faults_bench,
         grpc_bench,
         hints_bench,
         index_bench,
@@ -20,6 +21,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
         remote_bench,
         replay_cli,
         route_cli,
+        soak_bench,
         stall_bench,
         vllm_bench,
     )
@@ -38,3 +40,5 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     crash_bench.add_parser(kinds)
     remote_bench.add_parser(kinds)
     redis_scale.add_parser(kinds)
+    soak_bench.add_parser(kinds)
+    faults_bench.add_parser(kinds)

@@ -59,6 +59,20 @@ class AdminService(pb_grpc.AdminServicer):
             lookup_hit_blocks=s.lookup_hit_blocks,
             uptime_s=time.monotonic() - self.started,
             namespaces=[namespace_info(ns) for ns in self.store.namespaces.values()],
+            tenants=[
+                pb.TenantStats(
+                    tenant=t.tenant,
+                    sessions=t.sessions,
+                    max_sessions=t.max_sessions,
+                    tiers=[
+                        pb.TenantTierStats(
+                            tier=u.tier, used_bytes=u.used, quota_bytes=u.quota, pinned_bytes=u.pinned
+                        )
+                        for u in t.tiers
+                    ],
+                )
+                for t in s.tenants
+            ],
             remote=self._remote_stats(),
         )
 

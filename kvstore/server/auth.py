@@ -11,12 +11,13 @@ data, and probes and grpcurl need them). A token names a tenant and a role:
 - admin: everything, across tenants.
 
 Tenancy: a namespace belongs to the `tenant:` of its config; a block to its namespace; a session to
-the tenant of the namespace it was opened in. A caller naming another tenant's namespace, session,
-tool call, fan-out or lease gets PERMISSION_DENIED before the service runs. Names that do not exist
-are passed on, so the service answers as it would without auth (NOT_FOUND, INVALID_ARGUMENT).
-
-The checks read the store's tables without its lock: each is one dict lookup (atomic under the
-GIL), and taking the lock on the event loop would stall every call behind a move's copy.
+the tenant of the namespace it was opened in. A caller naming another tenant's namespace or lease
+gets PERMISSION_DENIED here, before the service runs: both are fixed for their life (config; lease
+ids are never reused), so a check on the event loop, without the store's lock, cannot go stale.
+Sessions, tool calls and fan-outs are opened and closed by other threads meanwhile (a hint queued
+earlier, a data-path call, idle expiry), so their tenant is checked where the call acts on them,
+under the store's lock (kvstore.tenancy: the caller's tenant travels in its context). Names that do
+not exist are passed on, so the service answers as it would without auth (NOT_FOUND, INVALID_ARGUMENT).
 
 The services stay unaware of auth except for listings: `current_scope()` tells them which
 namespaces the caller may see (ListBlocks must filter before its limit, not after).
@@ -39,6 +40,7 @@ from kvstore.errors import KVStoreError, PermissionDenied
 from kvstore.server.errors import status_of
 from kvstore.shm.leases import Leases
 from kvstore.store import Store
+from kvstore.tenancy import act_as, restore
 from kvstore.v1 import kvstore_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -104,7 +106,6 @@ class Guard:
     def __init__(self, store: Store, leases: Leases) -> None:
         self.store = store
         self.leases = leases
-        self.sessions = store.sessions
 
     # ---------------------------------------------------------------- the things that belong
 
@@ -115,33 +116,14 @@ class Guard:
                 f"namespace {name!r} belongs to another tenant than this token's ({caller.tenant!r})"
             )
 
-    def session(self, caller: Identity, session_id: str) -> None:
-        if not session_id or caller.admin:
-            return
-        session = self.sessions.sessions.get(session_id)
-        if session is not None:
-            self._session_tenant(caller, session.namespace, f"session {session_id!r}")
-
-    def _session_tenant(self, caller: Identity, namespace: str, what: str) -> None:
-        ns = self.store.namespaces.get(namespace)
-        if ns is not None and ns.tenant != caller.tenant:
-            raise PermissionDenied(f"{what} belongs to another tenant than this token's ({caller.tenant!r})")
-
-    def call(self, caller: Identity, call_id: str) -> None:
-        session = None if caller.admin else self.sessions.calls.get(call_id)
-        if session is not None:
-            self._session_tenant(caller, session.namespace, f"tool call {call_id!r}")
-
-    def fanout(self, caller: Identity, fanout_id: str) -> None:
-        session = None if caller.admin else self.sessions.fanouts.get(fanout_id)
-        if session is not None:
-            self._session_tenant(caller, session.namespace, f"fan-out {fanout_id!r}")
-
     def lease(self, caller: Identity, lease_id: int) -> None:
         # Lease ids count up from 1, so guessing another tenant's is easy: it must not end theirs.
         lease = None if caller.admin else self.leases._active.get(lease_id)
-        if lease is not None:
-            self._session_tenant(caller, lease.namespace, f"lease {lease_id}")
+        ns = self.store.namespaces.get(lease.namespace) if lease is not None else None
+        if ns is not None and ns.tenant != caller.tenant:
+            raise PermissionDenied(
+                f"lease {lease_id} belongs to another tenant than this token's ({caller.tenant!r})"
+            )
 
     def shared_memory(self, caller: Identity) -> bool:
         """Whether the caller may map the segments. They hold every namespace's bytes of the shared
@@ -149,11 +131,9 @@ class Guard:
         return caller.admin or all(ns.tenant == caller.tenant for ns in self.store.namespaces.values())
 
     def data(self, caller: Identity, request: Any) -> None:
-        """Any request with a namespace and/or a session."""
+        """Any request with a namespace (its session is checked where it is used)."""
         if getattr(request, "namespace", ""):
             self.namespace(caller, request.namespace)
-        if getattr(request, "session", ""):
-            self.session(caller, request.session)
 
     # ---------------------------------------------------------------- per method
 
@@ -166,10 +146,6 @@ class Guard:
             )
         if name in ("Commit", "Release"):
             self.lease(caller, request.lease_id)
-        elif name == "EndToolCall":
-            self.call(caller, request.call_id)
-        elif name == "BranchDone":
-            self.fanout(caller, request.fanout_id)
         elif name == "Evict" and not caller.admin and not request.keys:
             raise PermissionDenied(
                 "evicting bytes from a tier moves every tenant's blocks: only an admin token may; "
@@ -212,6 +188,7 @@ class Guard:
             uptime_s=reply.uptime_s,
             namespaces=[ns for ns in reply.namespaces if ns.name in own],
             blocks=sum(row[1] for row in per_tier.values()),
+            tenants=[t for t in reply.tenants if t.tenant == caller.tenant],
         )
         for t in reply.tiers:
             used, blocks, pinned = per_tier[t.name]
@@ -276,6 +253,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, handler: grpc.RpcMethodHandler, caller: Identity, method: str) -> grpc.RpcMethodHandler:
         guard = self.guard
+        tenant = None if caller.admin else caller.tenant  # what the store's checks hold it to
         post: Callable[[Any], Any] | None = None
         if method == "Admin/ListSessions":
             post = lambda reply: guard.list_sessions(caller, reply)  # noqa: E731
@@ -287,10 +265,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 await _check(context, guard, caller, method, request)
-                token = _CALLER.set(caller)
+                token, acting = _CALLER.set(caller), act_as(tenant)
                 try:
                     reply = await inner(request, context)
                 finally:
+                    restore(acting)
                     _CALLER.reset(token)
                 # stats takes the store's lock: off the loop, like the services' own work
                 return reply if post is None or reply is None else await asyncio.to_thread(post, reply)
@@ -302,8 +281,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 await _check(context, guard, caller, method, request)
-                async for item in inner_us(request, context):
-                    yield item
+                acting = act_as(tenant)
+                try:
+                    async for item in inner_us(request, context):
+                        yield item
+                finally:
+                    restore(acting)
 
             return handler._replace(unary_stream=unary_stream)
 
@@ -312,17 +295,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
             async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
                 async def checked() -> AsyncIterator[Any]:
-                    # Each message of a Put names its own namespace and session; the service turns
-                    # the PermissionDenied raised here into the status, and stores nothing.
-                    seen: set[tuple[str, str]] = set()
+                    # Each message of a Put names its own namespace; the service turns the
+                    # PermissionDenied raised here into the status, and stores nothing.
+                    seen: set[str] = set()
                     async for request in requests:
-                        scope = (request.namespace, request.session)
-                        if scope not in seen:
+                        if request.namespace not in seen:
                             guard.data(caller, request)
-                            seen.add(scope)
+                            seen.add(request.namespace)
                         yield request
 
-                return await inner_su(checked(), context)
+                acting = act_as(tenant)
+                try:
+                    return await inner_su(checked(), context)
+                finally:
+                    restore(acting)
 
             return handler._replace(stream_unary=stream_unary)
         return handler  # no stream-stream methods in kvstore.v1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable
@@ -46,7 +47,9 @@ class AgentHintsService(pb_grpc.AgentHintsServicer):
                 "to move KV by them",
                 self.hints.store.policy.name,
             )
-        return await self._worker.run(fn, *args)
+        # In the caller's context (its tenant, kvstore.tenancy): the hint checks whose session it
+        # names on the worker, under the store's lock, where it acts on it.
+        return await self._worker.run(contextvars.copy_context().run, fn, *args)
 
     @grpc_errors
     async def OpenSession(

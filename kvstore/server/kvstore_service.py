@@ -159,7 +159,13 @@ class KVStoreService(pb_grpc.KVStoreServicer):
 
     @grpc_errors
     async def Commit(self, request: pb.LeaseRequest, context: grpc.aio.ServicerContext) -> pb.CommitResponse:
-        stored = await asyncio.to_thread(self.leases.commit, request.lease_id)
+        gave_up = threading.Event()  # as for Put: a Commit nobody waits for stores nothing
+        context.add_done_callback(lambda _: gave_up.set())
+        try:
+            stored = await asyncio.to_thread(self.leases.commit, request.lease_id, gave_up.is_set)
+        except asyncio.CancelledError:
+            gave_up.set()
+            raise
         return pb.CommitResponse(tiers=[tier for _, tier in stored])
 
     @grpc_errors
@@ -186,6 +192,7 @@ class KVStoreService(pb_grpc.KVStoreServicer):
                 size=b.size,
                 inline=b.data is not None,
                 data=b.data or b"",
+                checksum=b.checksum,
             )
             for key, b in zip(request.keys, blocks, strict=False)
         ]

@@ -6,19 +6,25 @@ Everything here is bookkeeping done under the store's lock; nothing copies bytes
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 from kvstore.errors import ResourceExhausted
 from kvstore.index import BlockEntry
+from kvstore.quotas import Quotas
 from kvstore.sessions.model import Session, ToolCall
 from kvstore.sessions.returns import Away, ReturnTimes
 
 
 class SessionRegistry:
-    def __init__(self, returns: ReturnTimes | None = None, max_open: int = 0) -> None:
+    def __init__(
+        self, returns: ReturnTimes | None = None, max_open: int = 0, quotas: Quotas | None = None
+    ) -> None:
         self.returns = returns or ReturnTimes()
         self.max_open = max_open  # 0: no cap (the replay); the server's is config sessions.max_open
+        self.quotas = quotas or Quotas({}, {})  # per-tenant caps (tenants.<name>.max_sessions)
         self.sessions: dict[str, Session] = {}
+        self.open_per_tenant: Counter[str] = Counter()
         self.calls: dict[str, Session] = {}
         self.fanouts: dict[str, Session] = {}
         self.hints: dict[str, int] = {}
@@ -36,13 +42,17 @@ class SessionRegistry:
         self.hints[kind] = self.hints.get(kind, 0) + 1
         self.version += 1
 
-    def check_room(self, session_ids: Iterable[str]) -> None:
-        """ResourceExhausted when opening those of `session_ids` not open yet would pass the cap:
-        callers ask before they change anything, so a refused call leaves the store as it was."""
-        if not self.max_open:
+    def check_room(self, session_ids: Iterable[str], tenant: str = "") -> None:
+        """ResourceExhausted when opening those of `session_ids` not open yet (in `tenant`'s
+        namespaces) would pass the server's cap or the tenant's: callers ask before they change
+        anything, so a refused call leaves the store as it was."""
+        if not self.max_open and not self.quotas.limits:
             return
         new = {s for s in session_ids if s and s not in self.sessions}
-        if new and len(self.sessions) + len(new) > self.max_open:
+        if not new:
+            return
+        self.quotas.check_sessions(tenant, self.open_per_tenant[tenant], len(new))
+        if self.max_open and len(self.sessions) + len(new) > self.max_open:
             raise ResourceExhausted(
                 f"{len(self.sessions)} sessions are open, at most {self.max_open} (sessions.max_open): "
                 "close finished sessions (CloseSession), or raise sessions.max_open; sessions idle "
@@ -55,6 +65,7 @@ class SessionRegistry:
             session = self.sessions[session_id] = Session(
                 session_id, namespace, tenant, last_active=now, silent_since=now
             )
+            self.open_per_tenant[tenant] += 1
         session.seen = now
         return session
 
@@ -103,6 +114,7 @@ class SessionRegistry:
             self.fanouts.pop(session.fanout.fanout_id, None)
         session.close()
         del self.sessions[session.id]
+        self.open_per_tenant[session.tenant] -= 1
         self.returns.forget(session.id)
         self._moved_on(session)
 

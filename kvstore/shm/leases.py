@@ -3,7 +3,13 @@
 Writing: `reserve` allocates slots in a shared tier and hands out their offsets under a write
 lease; the client copies its bytes in and calls `commit`, and only then are the blocks indexed.
 A client that dies mid-write never commits: its blocks were never visible, and when the lease
-expires its slots are freed.
+expires its slots are freed, one more TTL later: a writer stalled past its lease (the SDK stops
+writing at half of it) may still be copying into them, and a slot reused at once would take those
+bytes into another block. A block's bytes changed in its slot after its commit (by anything: a
+client writing after its commit, a same-user process scribbling on /dev/shm) no longer match the
+checksum taken at commit, which is checked when it is read over gRPC, when it goes to disk, and by
+the client on its copy of a block read through shared memory (Acquire hands out the checksum; a
+copy that fails is discarded and the block read over gRPC, where it is dropped: a miss).
 
 Reading: `acquire` takes a read lease on stored blocks. A leased block counts as read by a
 transfer (`BlockEntry.readers`), so nothing moves, evicts or frees it while the client copies;
@@ -22,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+from kvstore import writes
 from kvstore.errors import FailedPrecondition, InvalidArgument
 from kvstore.index import BlockEntry
 from kvstore.store import Store
@@ -63,6 +70,7 @@ class LeasedBlock:
     offset: int = 0
     size: int = 0
     data: bytes | None = None
+    checksum: int | None = None  # of a block in shared memory, for the client to check its copy
 
 
 @dataclass(slots=True)
@@ -94,6 +102,8 @@ class Leases:
         self.token = first.token if first is not None else b""
         self._active: dict[int, Lease] = {}
         self._deadlines: list[tuple[float, int]] = []  # heap; stale rows are skipped
+        # Slots of write leases that expired uncommitted, freed at their time (see the docstring).
+        self._quarantine: list[tuple[float, int, list[BlockEntry]]] = []  # heap (deadline, lease id, slots)
         self._ids = itertools.count(1)
         self._last_id = 0
         self._lock = threading.Lock()
@@ -128,10 +138,14 @@ class Leases:
         self.store.check.session(session)
         for i, b in enumerate(blocks):
             self.store.check.block(namespace, b.key, b.parent, b.meta, b.size, i)
-        if session:
-            with self.store.lock:  # checked here: the commit that opens the session cannot refuse
-                self.store.sessions.check_room([session])
-        size = self.store.check.namespace(namespace).block_bytes
+        ns = self.store.check.namespace(namespace)
+        with self.store.lock:  # checked here: the commit that opens the session cannot refuse
+            if session:
+                self.store.check_session_locked(session, namespace)
+            if pin:  # the tenant's quota: pinned blocks cannot make room for each other
+                new = {b.key for b in blocks if self.store.index.get(namespace, b.key) is None}
+                writes.check_quota_locked(self.store, ns.tenant, len(new) * ns.block_bytes, 0)
+        size = ns.block_bytes
         self.expire()
         lease = Lease(0, 0.0, True, namespace, session, pin)
         slots, seen = [], set()
@@ -150,19 +164,21 @@ class Leases:
             slots.append(Slot(b.key, SlotState.WRITE, self._segment_of[entry.tier], entry.location, size))
         return self._open(lease), slots
 
-    def commit(self, lease_id: int) -> list[tuple[bytes, str]]:
-        """Index what the lease's client wrote; returns (key, tier) of every block it covered."""
+    def commit(self, lease_id: int, gave_up: Callable[[], bool] | None = None) -> list[tuple[bytes, str]]:
+        """Index what the lease's client wrote; returns (key, tier) of every block it covered.
+        `gave_up`: whether the caller stopped waiting; then nothing is stored (Store.add_written)."""
         with self._lock:
             lease = self._take(lease_id)
             if not lease.writing:
                 self._active[lease_id] = lease
                 raise InvalidArgument(f"lease {lease_id} is a read lease; end it with Release")
+        # A block without room goes over gRPC instead: not part of the commit.
+        written = [(entry, key) for entry, key, state in lease.slots if state is not SlotState.NO_ROOM]
+        stored = iter(self.store.add_written(lease.namespace, written, lease.session, lease.pin, gave_up))
         out = []
-        for entry, key, state in lease.slots:
-            stored = None
-            if state is not SlotState.NO_ROOM:  # a block without room goes over gRPC instead
-                stored = self.store.add_written(entry, lease.namespace, key, lease.session, lease.pin)
-            out.append((key, stored.tier if stored is not None else ""))
+        for _, key, state in lease.slots:
+            entry = next(stored) if state is not SlotState.NO_ROOM else None
+            out.append((key, entry.tier if entry is not None else ""))
         return out
 
     # ------------------------------------------------------------------ reading
@@ -183,8 +199,11 @@ class Leases:
                 out.append(LeasedBlock(r.key, r.meta, r.tier, data=r.data))
             else:
                 held = r.held
+                segment = self._segment_of[r.tier]
                 out.append(
-                    LeasedBlock(r.key, r.meta, r.tier, self._segment_of[r.tier], held.location, held.size)
+                    LeasedBlock(
+                        r.key, r.meta, r.tier, segment, held.location, held.size, checksum=held.checksum
+                    )
                 )
         return self._open(lease), out
 
@@ -202,7 +221,8 @@ class Leases:
         return True
 
     def expire(self) -> int:
-        """End the leases whose time is up; returns how many."""
+        """End the leases whose time is up (a write lease's slots are quarantined for one more
+        TTL), and free the quarantined slots whose time is up; returns how many leases ended."""
         now = self.store.clock.now()
         ended: list[Lease] = []
         with self._lock:
@@ -211,13 +231,23 @@ class Leases:
                 lease = self._active.pop(lease_id, None)
                 if lease is not None:
                     ended.append(lease)
+            for lease in ended:
+                slots = [entry for entry, _, _ in lease.slots if entry is not None]
+                if slots:
+                    heapq.heappush(self._quarantine, (now + self.ttl_s, lease.id, slots))
+            freed: list[BlockEntry] = []
+            while self._quarantine and self._quarantine[0][0] <= now:
+                freed += heapq.heappop(self._quarantine)[2]
         for lease in ended:
-            self._end(lease)
+            self.store.release(lease.reads)
+        for entry in freed:
+            self.store.free_slot(entry)
         return len(ended)
 
     def next_deadline(self) -> float | None:
         with self._lock:
-            return self._deadlines[0][0] if self._deadlines else None
+            deadlines = [rows[0][0] for rows in (self._deadlines, self._quarantine) if rows]
+            return min(deadlines, default=None)
 
     def _take(self, lease_id: int) -> Lease:
         lease = self._active.pop(lease_id, None)
@@ -239,8 +269,10 @@ class Leases:
     def stats(self) -> dict[str, int]:
         with self._lock:
             leases = list(self._active.values())
+            quarantined = sum(e.size for _, _, slots in self._quarantine for e in slots)
         return {
             "write_leases": sum(lease.writing for lease in leases),
             "read_leases": sum(not lease.writing for lease in leases),
-            "reserved_bytes": sum(e.size for lease in leases for e, _, _ in lease.slots if e is not None),
+            "reserved_bytes": quarantined
+            + sum(e.size for lease in leases for e, _, _ in lease.slots if e is not None),
         }

@@ -10,6 +10,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
+import xxhash
+
 from kvstore.index import BlockEntry
 
 if TYPE_CHECKING:
@@ -64,6 +66,11 @@ class Tier(ABC):
         """A copy of the block's bytes that outlives the slot."""
         return bytes(as_buffer(self.read(entry)))
 
+    def checksum(self, entry: BlockEntry) -> int | None:
+        """`checksum` of the bytes in the block's slot, read in place; None where that would mean
+        a device copy (a GPU tier)."""
+        return None
+
     @property
     def writable(self) -> bool:
         """False while new bytes should not be sent here (writes are failing): it has no room."""
@@ -96,6 +103,13 @@ class ByteBudgetTier(Tier):
 
     def free(self, entry: BlockEntry) -> None:
         self._used -= entry.size
+
+
+def checksum(data: Any) -> int | None:
+    """XXH3-64 of a block's bytes (a buffer or a CPU tensor); None for a tensor on a device."""
+    if hasattr(data, "detach") and data.device.type != "cpu":
+        return None
+    return xxhash.xxh3_64_intdigest(as_buffer(data))
 
 
 def as_buffer(data: Any) -> memoryview:

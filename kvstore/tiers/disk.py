@@ -1,10 +1,15 @@
 """Disk tier: one file per block under a data dir, each checksummed.
 
 File layout (little endian): magic "KVSB", format version (u8), then the lengths of namespace
-(u16), key (u8), parent (u8), meta (u32) and payload (u64), a CRC32 of everything after the
-header, then namespace, key, parent, meta and payload. Files are written to a temporary name and
-renamed, so a crash never leaves a half-written block under a real name. On start the index is
-rebuilt from these files; a file that fails its checksum is deleted, never served.
+(u16), key (u8), parent (u8), meta (u32) and payload (u64), a CRC32 of namespace, key, parent and
+meta, the XXH3-64 of the payload, then namespace, key, parent, meta and payload (version 1, still
+read: one CRC32 of everything after the header). The payload's checksum is the one the block
+carries (`BlockEntry.checksum`, taken when its bytes entered the store), not one computed from the
+bytes on their way here: a block whose bytes changed in a memory tier since (a process scribbling on
+/dev/shm) fails the comparison and is dropped, never written with a fresh valid checksum. Files are
+written to a temporary name and renamed, so a crash never leaves a half-written block under a real
+name. On start the index is rebuilt from these files; a file that fails a checksum is deleted,
+never served.
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ from typing import Any
 
 from kvstore.errors import shorten
 from kvstore.index import BlockEntry
-from kvstore.tiers.base import ByteBudgetTier, CorruptBlock, WriteFailed, as_buffer
+from kvstore.tiers.base import ByteBudgetTier, CorruptBlock, WriteFailed, as_buffer, checksum
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"KVSB"
-VERSION = 1
-HEADER = struct.Struct("<4sBHBBIQI")
+VERSION = 2
+HEADER_V1 = struct.Struct("<4sBHBBIQI")
+HEADER = struct.Struct("<4sBHBBIQIQ")
 RETRY_AFTER_S = 5.0  # after a failed write, the tier takes no new blocks for this long
 
 
@@ -132,13 +138,27 @@ class DiskTier(ByteBudgetTier):
 
     def write(self, entry: BlockEntry, data: Any, non_blocking: bool = False) -> None:
         payload = as_buffer(data)[: entry.size]
+        payload_sum = checksum(payload)
+        if entry.checksum is not None and payload_sum != entry.checksum:
+            raise CorruptBlock(
+                f"block {entry.key.hex()} changed in memory since it was stored (checksum mismatch "
+                "on its way to disk): dropped, not written"
+            )
         ns = entry.namespace.encode()
         parent = entry.parent or b""
         crc = 0
-        for part in (ns, entry.key, parent, entry.meta, payload):
+        for part in (ns, entry.key, parent, entry.meta):
             crc = zlib.crc32(part, crc)
         header = HEADER.pack(
-            MAGIC, VERSION, len(ns), len(entry.key), len(parent), len(entry.meta), len(payload), crc
+            MAGIC,
+            VERSION,
+            len(ns),
+            len(entry.key),
+            len(parent),
+            len(entry.meta),
+            len(payload),
+            crc,
+            payload_sum,
         )
         path = self.path(entry.namespace, entry.key)
         tmp = path.with_suffix(".tmp")
@@ -172,7 +192,7 @@ class DiskTier(ByteBudgetTier):
             raw = path.read_bytes()
         except FileNotFoundError:
             raise CorruptBlock(f"{path} is gone") from None
-        ns, key, _, _, _, payload = _parse(raw, path)
+        ns, key, _, _, payload, _ = _parse(raw, path)
         if ns != entry.namespace or key != entry.key:  # copied or renamed over this block's file
             raise CorruptBlock(f"{path} holds block {key.hex()} of namespace {shorten(ns)}, not this one")
         if len(payload) != entry.size:
@@ -189,7 +209,7 @@ class DiskTier(ByteBudgetTier):
                 continue
             try:
                 raw = path.read_bytes()
-                ns, key, parent, meta, _, payload = _parse(raw, path)
+                ns, key, parent, meta, payload, digest = _parse(raw, path)
             except (CorruptBlock, OSError) as exc:
                 log.warning("dropping corrupt block file: %s", exc)
                 path.unlink(missing_ok=True)
@@ -206,6 +226,7 @@ class DiskTier(ByteBudgetTier):
                 tier=self.name,
                 meta=meta,
                 last_use=path.stat().st_mtime,
+                checksum=digest,
             )
 
     def adopt(self, entry: BlockEntry) -> bool:
@@ -224,16 +245,30 @@ class DiskTier(ByteBudgetTier):
         return ok, "ok" if ok else f"{self.root} is not writable"
 
 
-def _parse(raw: bytes, path: Path) -> tuple[str, bytes, bytes, bytes, int, bytes]:
-    if len(raw) < HEADER.size:
+def _parse(raw: bytes, path: Path) -> tuple[str, bytes, bytes, bytes, bytes, int]:
+    """(namespace, key, parent, meta, payload, payload checksum) of a block file, verified."""
+    if len(raw) < HEADER_V1.size:
         raise CorruptBlock(f"{path}: truncated header")
-    magic, version, ns_len, key_len, parent_len, meta_len, size, crc = HEADER.unpack_from(raw)
-    if magic != MAGIC or version != VERSION:
+    magic, version = raw[:4], raw[4]
+    if magic != MAGIC or version not in (1, VERSION):
         raise CorruptBlock(f"{path}: not a kvstore block file (version {version})")
-    if len(raw) != HEADER.size + ns_len + key_len + parent_len + meta_len + size:
+    if version == 1:
+        _, _, ns_len, key_len, parent_len, meta_len, size, crc = HEADER_V1.unpack_from(raw)
+        header = HEADER_V1.size
+    else:
+        if len(raw) < HEADER.size:
+            raise CorruptBlock(f"{path}: truncated header")
+        _, _, ns_len, key_len, parent_len, meta_len, size, crc, payload_sum = HEADER.unpack_from(raw)
+        header = HEADER.size
+    if len(raw) != header + ns_len + key_len + parent_len + meta_len + size:
         raise CorruptBlock(f"{path}: length does not match its header")
-    body = memoryview(raw)[HEADER.size :]
-    if zlib.crc32(body) != crc:
+    body = memoryview(raw)[header:]
+    names = ns_len + key_len + parent_len + meta_len
+    if version == 1:
+        if zlib.crc32(body) != crc:
+            raise CorruptBlock(f"{path}: checksum mismatch")
+        payload_sum = checksum(body[names:])
+    elif zlib.crc32(body[:names]) != crc or checksum(body[names:]) != payload_sum:
         raise CorruptBlock(f"{path}: checksum mismatch")
     pos = 0
     parts = []
@@ -241,4 +276,5 @@ def _parse(raw: bytes, path: Path) -> tuple[str, bytes, bytes, bytes, int, bytes
         parts.append(bytes(body[pos : pos + n]))
         pos += n
     ns, key, parent, meta = parts
-    return ns.decode(), key, parent, meta, size, bytes(body[pos:])
+    assert payload_sum is not None  # a buffer always has one
+    return ns.decode(), key, parent, meta, bytes(body[pos:]), payload_sum

@@ -19,7 +19,7 @@ import torch
 from kvstore.index import BlockEntry
 from kvstore.shm.segments import SharedSegment
 from kvstore.tiers.allocator import ExtentAllocator
-from kvstore.tiers.base import Tier, as_buffer
+from kvstore.tiers.base import Tier, as_buffer, checksum
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,11 @@ class MemoryTier(Tier):
         if self._host is not None:
             return self._host[entry.location : entry.location + entry.size].tobytes()
         return self.read(entry).cpu().numpy().tobytes()
+
+    def checksum(self, entry: BlockEntry) -> int | None:
+        if self._host is None:
+            return None
+        return checksum(self._host[entry.location : entry.location + entry.size])
 
     def extents(self) -> list[tuple[int, int]]:
         return self._alloc.extents()

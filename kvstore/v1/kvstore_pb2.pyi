@@ -252,7 +252,7 @@ class AcquireRequest(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., keys: _Optional[_Iterable[bytes]] = ..., session: _Optional[str] = ..., stop_at_miss: bool = ...) -> None: ...
 
 class LeasedBlock(_message.Message):
-    __slots__ = ("key", "found", "meta", "tier", "segment", "offset", "size", "inline", "data")
+    __slots__ = ("key", "found", "meta", "tier", "segment", "offset", "size", "inline", "data", "checksum")
     KEY_FIELD_NUMBER: _ClassVar[int]
     FOUND_FIELD_NUMBER: _ClassVar[int]
     META_FIELD_NUMBER: _ClassVar[int]
@@ -262,6 +262,7 @@ class LeasedBlock(_message.Message):
     SIZE_FIELD_NUMBER: _ClassVar[int]
     INLINE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     key: bytes
     found: bool
     meta: bytes
@@ -271,7 +272,8 @@ class LeasedBlock(_message.Message):
     size: int
     inline: bool
     data: bytes
-    def __init__(self, key: _Optional[bytes] = ..., found: bool = ..., meta: _Optional[bytes] = ..., tier: _Optional[str] = ..., segment: _Optional[int] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ..., inline: bool = ..., data: _Optional[bytes] = ...) -> None: ...
+    checksum: int
+    def __init__(self, key: _Optional[bytes] = ..., found: bool = ..., meta: _Optional[bytes] = ..., tier: _Optional[str] = ..., segment: _Optional[int] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ..., inline: bool = ..., data: _Optional[bytes] = ..., checksum: _Optional[int] = ...) -> None: ...
 
 class AcquireResponse(_message.Message):
     __slots__ = ("lease_id", "blocks", "expires_in_s", "token")
@@ -462,7 +464,7 @@ class LeaseStats(_message.Message):
     def __init__(self, write_leases: _Optional[int] = ..., read_leases: _Optional[int] = ..., reserved_bytes: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("tiers", "misses", "blocks", "policy", "namespaces", "uptime_s", "lookups", "lookup_hit_blocks", "leases", "remote")
+    __slots__ = ("tiers", "misses", "blocks", "policy", "namespaces", "uptime_s", "lookups", "lookup_hit_blocks", "leases", "remote", "tenants")
     TIERS_FIELD_NUMBER: _ClassVar[int]
     MISSES_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -473,6 +475,7 @@ class StatsResponse(_message.Message):
     LOOKUP_HIT_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     LEASES_FIELD_NUMBER: _ClassVar[int]
     REMOTE_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
     tiers: _containers.RepeatedCompositeFieldContainer[TierStats]
     misses: int
     blocks: int
@@ -483,7 +486,8 @@ class StatsResponse(_message.Message):
     lookup_hit_blocks: int
     leases: LeaseStats
     remote: RemoteStats
-    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., misses: _Optional[int] = ..., blocks: _Optional[int] = ..., policy: _Optional[str] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceInfo, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., lookups: _Optional[int] = ..., lookup_hit_blocks: _Optional[int] = ..., leases: _Optional[_Union[LeaseStats, _Mapping]] = ..., remote: _Optional[_Union[RemoteStats, _Mapping]] = ...) -> None: ...
+    tenants: _containers.RepeatedCompositeFieldContainer[TenantStats]
+    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., misses: _Optional[int] = ..., blocks: _Optional[int] = ..., policy: _Optional[str] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceInfo, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., lookups: _Optional[int] = ..., lookup_hit_blocks: _Optional[int] = ..., leases: _Optional[_Union[LeaseStats, _Mapping]] = ..., remote: _Optional[_Union[RemoteStats, _Mapping]] = ..., tenants: _Optional[_Iterable[_Union[TenantStats, _Mapping]]] = ...) -> None: ...
 
 class RemoteStats(_message.Message):
     __slots__ = ("up", "used_bytes", "capacity_bytes", "blocks", "hits", "misses", "corrupt", "writes", "written_bytes", "dropped_writes", "evictions", "queued", "episodes", "errors", "index_published", "index_republished", "index_overflows", "worker_id")
@@ -524,6 +528,30 @@ class RemoteStats(_message.Message):
     index_overflows: int
     worker_id: str
     def __init__(self, up: bool = ..., used_bytes: _Optional[int] = ..., capacity_bytes: _Optional[int] = ..., blocks: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., corrupt: _Optional[int] = ..., writes: _Optional[int] = ..., written_bytes: _Optional[int] = ..., dropped_writes: _Optional[int] = ..., evictions: _Optional[int] = ..., queued: _Optional[int] = ..., episodes: _Optional[int] = ..., errors: _Optional[int] = ..., index_published: _Optional[int] = ..., index_republished: _Optional[int] = ..., index_overflows: _Optional[int] = ..., worker_id: _Optional[str] = ...) -> None: ...
+
+class TenantTierStats(_message.Message):
+    __slots__ = ("tier", "used_bytes", "quota_bytes", "pinned_bytes")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PINNED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    tier: str
+    used_bytes: int
+    quota_bytes: int
+    pinned_bytes: int
+    def __init__(self, tier: _Optional[str] = ..., used_bytes: _Optional[int] = ..., quota_bytes: _Optional[int] = ..., pinned_bytes: _Optional[int] = ...) -> None: ...
+
+class TenantStats(_message.Message):
+    __slots__ = ("tenant", "tiers", "sessions", "max_sessions")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    tiers: _containers.RepeatedCompositeFieldContainer[TenantTierStats]
+    sessions: int
+    max_sessions: int
+    def __init__(self, tenant: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[TenantTierStats, _Mapping]]] = ..., sessions: _Optional[int] = ..., max_sessions: _Optional[int] = ...) -> None: ...
 
 class ListBlocksRequest(_message.Message):
     __slots__ = ("namespace", "tier", "limit")
