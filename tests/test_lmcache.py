@@ -319,7 +319,7 @@ def test_store_buffers_are_kvstore_slots_committed_in_place(
     keys, raws, objs = [key(70 + i, session="agent-s") for i in range(3)], [], []
     for i in range(len(keys)):
         obj, raw = side.chunk(seed=70 + i)
-        assert obj.parent() is buffers and buffers.written(obj) is not None
+        assert obj.parent() is buffers and buffers.written([obj])[0] is not None
         objs.append(obj)
         raws.append(raw)
     assert buffers.handed_out() == 3
@@ -336,11 +336,11 @@ def test_store_buffers_are_kvstore_slots_committed_in_place(
     assert plugin.leases.wait_idle()
 
     unused, _ = side.chunk(seed=1)
-    slot = buffers.written(unused)
+    slot = buffers.written([unused])[0]
     unused.ref_count_down()  # LMCache gave up on it: the slot is reserved still, back in the pool
     assert buffers.handed_out() == 0 and not unused.is_valid()
     again, _ = side.chunk(seed=1)
-    assert buffers.written(again) == slot  # handed out again first
+    assert buffers.written([again])[0] == slot  # handed out again first
     again.ref_count_down()
 
     partial, raw = side.chunk(seed=2, tokens=100)

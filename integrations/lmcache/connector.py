@@ -36,7 +36,8 @@ Config (LMCache `extra_config`, plugin name `kvstore`):
       remote_storage_plugin.kvstore.namespace: lmcache
       remote_storage_plugin.kvstore.timeout_s: 1.0
       remote_storage_plugin.kvstore.session_config: lmcache.kvstore.session_id
-      remote_storage_plugin.kvstore.store_buffer_chunks: 64   # slots kept reserved; 0: LMCache's buffers
+      remote_storage_plugin.kvstore.store_buffers_mib: 256  # kvstore slots kept ready as LMCache's store
+                                                            # buffers (0: LMCache's own, one copy more)
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ class KVStoreConnector(RemoteConnector):
         self._lmcache_allocate = local_cpu_backend.allocate
         self._check_namespace()
         self.buffers: SlotBuffers | None = None
-        pool = int(setting("store_buffer_chunks", 64))
+        pool = int(float(setting("store_buffers_mib", 256)) * 2**20) // self.full_chunk_size_bytes
         if pool > 0 and self._block_bytes == self.full_chunk_size_bytes and _sole_store(config, plugin_name):
             self.buffers = SlotBuffers(
                 self.client,
@@ -348,7 +349,7 @@ class KVStoreConnector(RemoteConnector):
     def _put_run(self, keys: list[bytes], objs: list[MemoryObj], session: str | None) -> None:
         """One chain: chunks written into our slots are committed in one CommitSlots; the others
         (LMCache's own buffers) are copied in by a put, each stretch with its parent."""
-        written = [self.buffers.written(obj) if self.buffers is not None else None for obj in objs]
+        written = self.buffers.written(objs) if self.buffers is not None else [None] * len(objs)
         in_slots = [
             pb.SlotBlock(
                 lease_id=w.lease_id,
@@ -410,7 +411,7 @@ class KVStoreConnector(RemoteConnector):
         return True
 
     async def batched_put(self, keys: list[CacheEngineKey], memory_objs: list[MemoryObj]) -> None:
-        if self.buffers is not None and all(self.buffers.written(obj) for obj in memory_objs):
+        if self.buffers is not None and all(self.buffers.written(memory_objs)):
             # Chunks already in our slots: the put is one CommitSlots RPC and no copy, run on
             # LMCache's loop like a zero-copy get (bounded by timeout_s) rather than via a thread.
             self._put_many(list(keys), list(memory_objs))

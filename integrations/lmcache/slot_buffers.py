@@ -7,14 +7,18 @@ kvstore ahead of time (`Reserve` by count, keys unknown yet); LMCache writes eac
 into its slot, and the plugin's put is one `CommitSlots` RPC naming the chunks: no copy, one round
 trip per batch.
 
-- Pool: slots are reserved in batches of `pool_chunks` by a background thread whenever fewer than
-  half are left, so an allocation does not wait on an RPC; an allocation that finds the pool empty
-  reserves what it needs itself. Anything else (a partial chunk, no room in kvstore, kvstore down)
-  comes from LMCache's own allocator, and the plugin's put copies it as before.
+- Pool: slots are reserved in batches of `pool_chunks` (`store_buffers_mib`, at most a quarter of
+  kvstore's shared memory) by a background thread whenever half are gone, so an allocation does
+  not wait on an RPC; one that finds the pool short reserves the rest itself. Anything else (a
+  partial chunk, no room in kvstore, kvstore down) comes from LMCache's own allocator, and the
+  plugin's put copies it as before.
 - Leases: a reserved slot is kvstore's to reuse once its write lease expires (`lease_ttl_s`, 30 s
   by default). A slot is handed out only in the first half of its lease, and LMCache writes a
   store buffer right after allocating it and puts it at once. A buffer LMCache frees without a
-  put goes back to the pool; a lease whose time is up is released with the slots it has left.
+  put goes back to the pool; one handed to a put never does (if the CommitSlots failed, it may
+  still have been applied). A lease whose time is up is released with the slots it has left.
+- A server restart (new segments) leaves pooled slots of the old one: their commits fail (a
+  dropped store, logged) until those leases age out of the pool.
 - Only where LMCache keeps nothing itself: its CPU cache off (`local_cpu: false`, it is then only
   the allocator) and kvstore its only storage backend, with the naive serde (the buffer reaches
   the plugin as allocated). The connector checks this before installing the pool.
@@ -23,6 +27,7 @@ trip per batch.
 from __future__ import annotations
 
 import logging
+import mmap
 import threading
 import time
 from collections import deque
@@ -150,13 +155,14 @@ class SlotBuffers(MemoryAllocatorInterface):
 
     # ------------------------------------------------------------------ the plugin's side
 
-    def written(self, memory_obj: MemoryObj) -> Written | None:
-        """Where a buffer LMCache hands to put lies, if it is one of our slots still uncommitted."""
+    def written(self, memory_objs: Sequence[MemoryObj]) -> list[Written | None]:
+        """Where each buffer LMCache hands to put lies, for those in our slots still uncommitted."""
         with self._lock:
-            slot = self._given.get(id(memory_obj))
-        if slot is None or slot.layout is None:
-            return None
-        return Written(slot.lease.id, slot.index, slot.layout)
+            slots = [self._given.get(id(obj)) for obj in memory_objs]
+        return [
+            None if slot is None or slot.layout is None else Written(slot.lease.id, slot.index, slot.layout)
+            for slot in slots
+        ]
 
     def settled(self, memory_objs: Sequence[MemoryObj], committed: bool) -> None:
         """A put of these buffers returned: their slots are kvstore's blocks now (`committed`), or
@@ -230,7 +236,7 @@ class SlotBuffers(MemoryAllocatorInterface):
             return []
         slots = self._take(n)
         if len(slots) < n:
-            slots += self._take(n - len(slots), reserve=max(n - len(slots), self.pool_chunks))
+            slots += self._take(n - len(slots), reserve=n - len(slots))  # the pool refills itself
         objs: list[MemoryObj] = []
         given: dict[int, _Slot] = {}
         layout = Layout(tuple(shapes), tuple(dtypes), fmt)
@@ -303,6 +309,12 @@ class SlotBuffers(MemoryAllocatorInterface):
             if s.state == pb.SLOT_WRITE
         ]
         lease.left = len(slots)
+        if refill:
+            # Map the slots' pages in this process now, off LMCache's path (LMCache's own pool is
+            # touched when it is allocated): else the engine's copy into a slot first takes a page
+            # fault per 4 KiB of a mapping that never touched them, which halves its speed.
+            for slot in slots:
+                torch.frombuffer(slot.view, dtype=torch.uint8)[:: mmap.PAGESIZE].sum()
         with self._lock:
             self._leases[lease.id] = lease
             self._pool.extend(slots)
