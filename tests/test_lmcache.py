@@ -156,6 +156,7 @@ def test_chunks_round_trip_byte_identical(kvstore_server: ServerProcess, shared_
     try:
         plugin = side.backend.connection._connector  # LMCache wraps plugins for its stats
         assert plugin.client.transport() == ("shm" if shared_memory else "grpc")
+        assert (plugin.buffers is not None) == shared_memory  # store buffers on slots: same host only
         _round_trip(side)
     finally:
         side.close()

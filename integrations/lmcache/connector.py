@@ -108,10 +108,11 @@ class KVStoreConnector(RemoteConnector):
         self.namespace = str(setting("namespace", "lmcache"))
         self.session_config = str(setting("session_config", SESSION_CONFIG))
         self.session_tag = str(setting("session_tag", LEGACY_SESSION_TAG))
+        shared = _on(setting("shared_memory", "true"))
         self.client = Client(
             self.address,
             timeout=float(setting("timeout_s", 1.0)),
-            shared_memory=_on(setting("shared_memory", "true")),
+            shared_memory=shared,
         )
         # Slot views only when LMCache frees what a get returns soon: with its own CPU cache on
         # (`local_cpu`), it keeps remote chunks indefinitely, longer than a read lease lives.
@@ -127,7 +128,8 @@ class KVStoreConnector(RemoteConnector):
         self._check_namespace()
         self.buffers: SlotBuffers | None = None
         pool = int(float(setting("store_buffers_mib", 256)) * 2**20) // self.full_chunk_size_bytes
-        if pool > 0 and self._block_bytes == self.full_chunk_size_bytes and _sole_store(config, plugin_name):
+        slot_chunks = shared and zero_copy and self._block_bytes == self.full_chunk_size_bytes
+        if pool > 0 and slot_chunks and _sole_store(config, plugin_name):
             self.buffers = SlotBuffers(
                 self.client,
                 self.namespace,
