@@ -253,6 +253,9 @@ def test_shared_memory_only_for_a_tenant_owning_every_namespace(
         reserve = pb.ReserveRequest(namespace="a-ns", blocks=[pb.BlockHeader(key=b"r" * 16, size=BLOCK)])
         call = lambda: pb_grpc.KVStoreStub(ch).Reserve(reserve, metadata=md(tokens["engine-a"]))  # noqa: E731
         assert code_of(call) == grpc.StatusCode.PERMISSION_DENIED
+        commit = pb.CommitSlotsRequest(blocks=[pb.SlotBlock(lease_id=1, slot=0, key=b"r" * 16)])
+        call = lambda: pb_grpc.KVStoreStub(ch).CommitSlots(commit, metadata=md(tokens["engine-a"]))  # noqa: E731
+        assert code_of(call) == grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_kvctl_and_minted_tokens(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

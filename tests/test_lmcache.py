@@ -13,6 +13,7 @@ import grpc
 import pytest
 import torch
 import yaml
+from conftest import wait_until
 
 lmcache = pytest.importorskip(
     "lmcache", reason="the lmcache extra is not installed (pip install -e '.[lmcache]')"
@@ -21,6 +22,7 @@ lmcache = pytest.importorskip(
 from lmcache.utils import CacheEngineKey  # noqa: E402
 from lmcache.v1.config import LMCacheEngineConfig  # noqa: E402
 from lmcache.v1.exceptions import IrrecoverableException  # noqa: E402
+from lmcache.v1.memory_management import MemoryFormat  # noqa: E402
 from lmcache.v1.metadata import LMCacheMetadata  # noqa: E402
 from lmcache.v1.storage_backend.local_cpu_backend import LocalCPUBackend  # noqa: E402
 from lmcache.v1.storage_backend.remote_backend import RemoteBackend  # noqa: E402
@@ -38,11 +40,16 @@ class LMCacheSide:
     """LMCache's CPU buffer and remote backend, configured to use the kvstore plugin."""
 
     def __init__(
-        self, address: str, namespace: str = "lmcache", timeout_s: float = 1.0, shared_memory: bool = True
+        self,
+        address: str,
+        namespace: str = "lmcache",
+        timeout_s: float = 1.0,
+        shared_memory: bool = True,
+        local_cpu: bool = False,
     ) -> None:
         config = LMCacheEngineConfig.from_defaults(
             chunk_size=CHUNK,
-            local_cpu=False,
+            local_cpu=local_cpu,
             max_local_cpu_size=0.2,
             remote_storage_plugins=["kvstore"],
             extra_config={
@@ -63,8 +70,10 @@ class LMCacheSide:
             config, self.metadata, self.loop, self.local, "cpu", plugin_name="kvstore"
         )
 
-    def chunk(self, seed: int) -> tuple[object, bytes]:
-        obj = self.local.allocate(self.metadata.get_shapes(), self.metadata.get_dtypes(), None)
+    def chunk(self, seed: int, tokens: int = CHUNK) -> tuple[object, bytes]:
+        """A chunk as LMCache's store fills one: a buffer from its allocator, then the KV copied in."""
+        fmt = MemoryFormat.KV_2LTD
+        obj = self.local.allocate(self.metadata.get_shapes(tokens), self.metadata.get_dtypes(), fmt)
         generator = torch.Generator().manual_seed(seed)
         obj.tensor.copy_(torch.randn(obj.tensor.shape, generator=generator).to(obj.tensor.dtype))
         return obj, bytes(obj.byte_array)
@@ -147,6 +156,7 @@ def test_chunks_round_trip_byte_identical(kvstore_server: ServerProcess, shared_
     try:
         plugin = side.backend.connection._connector  # LMCache wraps plugins for its stats
         assert plugin.client.transport() == ("shm" if shared_memory else "grpc")
+        assert (plugin.buffers is not None) == shared_memory  # store buffers on slots: same host only
         _round_trip(side)
     finally:
         side.close()
@@ -291,6 +301,72 @@ def test_a_namespace_with_blocks_bigger_than_a_chunk_is_warned_about_and_still_w
         obj, raw = side.chunk(seed=9)
         side.put(key(9), obj)
         got = side.backend.get_blocking(key(9))
+        assert got is not None and bytes(got.byte_array) == raw
+        got.ref_count_down()
+    finally:
+        side.close()
+
+
+def test_store_buffers_are_kvstore_slots_committed_in_place(
+    side: LMCacheSide, kvstore_server: ServerProcess
+) -> None:
+    """LMCache's store buffers lie in kvstore slots reserved ahead (no copy on put): a put commits
+    them where LMCache wrote them; a buffer freed unused goes back to the pool; a partial chunk
+    comes from LMCache's own allocator and is copied as before."""
+    plugin = side.backend.connection._connector
+    buffers = plugin.buffers
+    assert buffers is not None and plugin.leases is not None
+    assert wait_until(lambda: buffers.pooled() > 0)
+    keys, raws, objs = [key(70 + i, session="agent-s") for i in range(3)], [], []
+    for i in range(len(keys)):
+        obj, raw = side.chunk(seed=70 + i)
+        assert obj.parent() is buffers and buffers.written([obj])[0] is not None
+        objs.append(obj)
+        raws.append(raw)
+    assert buffers.handed_out() == 3
+    side.backend.batched_submit_put_task(keys, objs)
+    # LMCache holds a reference to each buffer until the plugin's put returned
+    assert wait_until(lambda: all(o.get_ref_count() == 1 for o in objs))
+    assert buffers.handed_out() == 0  # committed: the slots are kvstore's blocks now
+    assert stats(kvstore_server.address).blocks == 3
+    assert sessions(kvstore_server.address) == [("agent-s", 3)]
+    got = side.backend.batched_get_blocking(keys)
+    assert [bytes(g.byte_array) for g in got] == raws
+    for g in got:
+        g.ref_count_down()
+    assert plugin.leases.wait_idle()
+
+    unused, _ = side.chunk(seed=1)
+    slot = buffers.written([unused])[0]
+    unused.ref_count_down()  # LMCache gave up on it: the slot is reserved still, back in the pool
+    assert buffers.handed_out() == 0 and not unused.is_valid()
+    again, _ = side.chunk(seed=1)
+    assert buffers.written([again])[0] == slot  # handed out again first
+    again.ref_count_down()
+
+    partial, raw = side.chunk(seed=2, tokens=100)
+    assert partial.parent() is not buffers
+    side.put(key(79), partial)
+    tail = side.backend.get_blocking(key(79))
+    assert tail is not None and bytes(tail.byte_array) == raw
+    tail.ref_count_down()
+
+    asyncio.run_coroutine_threadsafe(plugin.close(), side.loop).result(timeout=10)
+    assert wait_until(lambda: stats(kvstore_server.address).leases.write_leases == 0)  # pool released
+    assert side.local.allocate.__func__ is LocalCPUBackend.allocate  # LMCache's allocator again
+
+
+def test_lmcache_keeping_chunks_itself_gets_its_own_buffers(kvstore_server: ServerProcess) -> None:
+    """With LMCache's CPU cache on, it keeps what it stores and reads: slots would outlive their
+    leases there, so the plugin leaves LMCache's buffers (and copies) alone."""
+    side = LMCacheSide(kvstore_server.address, local_cpu=True)
+    try:
+        plugin = side.backend.connection._connector
+        assert plugin.buffers is None and plugin.leases is None
+        obj, raw = side.chunk(seed=3)
+        assert obj.parent() is not None and not hasattr(obj.parent(), "written")
+        side.put(key(3), obj)
+        got = side.backend.get_blocking(key(3))
         assert got is not None and bytes(got.byte_array) == raw
         got.ref_count_down()
     finally:

@@ -365,3 +365,82 @@ def test_a_client_notices_the_server_restarted_with_new_segments(tmp_path: Path)
             assert kv.get("t", [old_key, new_key]) == [block_of(old_key, BLOCK), block_of(new_key, BLOCK)]
     finally:
         kv.close()
+
+
+def test_slots_reserved_by_count_are_named_when_committed(
+    server: ThreadedServer, stub: pb_grpc.KVStoreStub
+) -> None:
+    """A client that hands out slots before it knows their keys (LMCache's store buffers): Reserve
+    by count, write, then one CommitSlots naming blocks in slots of several leases."""
+    before = used(server)
+    first = stub.Reserve(pb.ReserveRequest(namespace="t", count=3))
+    second = stub.Reserve(pb.ReserveRequest(namespace="t", count=2))
+    assert [s.state for s in first.slots] == [pb.SLOT_WRITE] * 3 and not first.slots[0].key
+    assert used(server)["hbm"] == before["hbm"] + 5 * BLOCK
+    segments = shm.attach(stub.AttachSharedMemory(pb.AttachSharedMemoryRequest()))
+    assert segments is not None
+    keys = [key_of(i) for i in range(3)]
+    picks = [(first, 2), (second, 0), (first, 0)]  # any slot of any lease, in any order
+    for k, (reply, i) in zip(keys, picks, strict=True):
+        s = reply.slots[i]
+        segments.view(s.segment, s.offset, s.size)[:] = block_of(k, BLOCK)
+    blocks = [
+        pb.SlotBlock(lease_id=r.lease_id, slot=i, key=k, parent=keys[n - 1] if n else b"", meta=b"m%d" % n)
+        for n, (k, (r, i)) in enumerate(zip(keys, picks, strict=True))
+    ]
+    assert list(stub.CommitSlots(pb.CommitSlotsRequest(blocks=blocks, session="s1")).tiers) == ["hbm"] * 3
+    with Client(server.address) as kv:
+        got = kv.fetch("t", keys)
+        assert [bytes(b.data) for b in got] == [block_of(k, BLOCK) for k in keys]
+        assert [b.meta for b in got] == [b"m0", b"m1", b"m2"]
+        assert kv.lookup("t", keys=keys).prefix_blocks == 3  # chained by their parents
+    with grpc.insecure_channel(server.address) as channel:
+        listed = pb_grpc.AdminStub(channel).ListSessions(pb.ListSessionsRequest()).sessions
+    assert [(x.session, x.blocks) for x in listed] == [("s1", 3)]
+    # slot 2 of the first lease was committed: naming it again changes nothing
+    with pytest.raises(grpc.RpcError) as err:
+        stub.CommitSlots(
+            pb.CommitSlotsRequest(blocks=[pb.SlotBlock(lease_id=first.lease_id, slot=2, key=key_of(9))])
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "committed already" in err.value.details()
+    # both leases still hold an open slot: released, or expired, it is freed; committed blocks stay
+    assert server.server.leases.stats()["write_leases"] == 2
+    assert stub.Release(pb.LeaseRequest(lease_id=second.lease_id)).valid
+    assert wait_for(lambda: used(server)["hbm"] == before["hbm"] + 3 * BLOCK)
+    assert server.server.leases.stats()["write_leases"] == 0
+    assert store_stats(server.store).blocks == 3
+    segments.close()
+
+
+def test_bad_slot_commits_change_nothing(server: ThreadedServer, stub: pb_grpc.KVStoreStub) -> None:
+    by_count = stub.Reserve(pb.ReserveRequest(namespace="t", count=2))
+    named = stub.Reserve(pb.ReserveRequest(namespace="t", blocks=[pb.BlockHeader(key=key_of(5), size=BLOCK)]))
+    before = used(server)
+    good = pb.SlotBlock(lease_id=by_count.lease_id, slot=0, key=key_of(1))
+    bad = {
+        "no such lease": pb.SlotBlock(lease_id=10**9, slot=0, key=key_of(1)),
+        "a lease reserved with keys": pb.SlotBlock(lease_id=named.lease_id, slot=0, key=key_of(1)),
+        "slot out of range": pb.SlotBlock(lease_id=by_count.lease_id, slot=2, key=key_of(1)),
+        "short key": pb.SlotBlock(lease_id=by_count.lease_id, slot=1, key=b"k"),
+        "a slot named twice": good,
+    }
+    for name, block in bad.items():
+        with pytest.raises(grpc.RpcError) as err:
+            stub.CommitSlots(pb.CommitSlotsRequest(blocks=[good, block]))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+        assert err.value.details(), name
+    with pytest.raises(grpc.RpcError) as err:  # keys belong to CommitSlots, not to a Reserve by count
+        stub.Reserve(
+            pb.ReserveRequest(namespace="t", count=1, blocks=[pb.BlockHeader(key=key_of(1), size=BLOCK)])
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Commit(pb.LeaseRequest(lease_id=by_count.lease_id))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "CommitSlots" in err.value.details()
+    assert used(server) == before and store_stats(server.store).blocks == 0
+    assert server.server.leases.stats()["write_leases"] == 2
+    stub.CommitSlots(pb.CommitSlotsRequest(blocks=[good]))  # still open: the refusals took nothing
+    assert store_stats(server.store).blocks == 1
+    last = pb.SlotBlock(lease_id=by_count.lease_id, slot=1, key=key_of(2))
+    stub.CommitSlots(pb.CommitSlotsRequest(blocks=[last]))
+    assert server.server.leases.stats()["write_leases"] == 1  # every slot committed: the lease closed

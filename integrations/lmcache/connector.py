@@ -17,9 +17,12 @@ not covered.
 - Bytes: kvstore stores blocks of exactly the namespace's `block_bytes`. A full chunk is that size;
   a partial last chunk (or a namespace with bigger blocks, warned about at start) is padded.
   LMCache's own metadata (length, shapes, dtypes, format) travels as the block's meta.
-- Data path next to the server: a batched put is one Reserve, one copy per chunk into its slot, one
-  Commit; a batched get is one Acquire and hands LMCache its chunks as views of kvstore's slots (no
-  copy; see slots.py), the lease released once LMCache freed them.
+- Data path next to the server: LMCache's store buffers are kvstore slots reserved ahead of time
+  (slot_buffers.py), so LMCache's device-to-host copy writes each chunk in place and a batched put
+  is one CommitSlots RPC (no copy); a buffer from LMCache's own pool (a partial chunk, no room)
+  goes as one Reserve, one copy into its slot, one Commit. A batched get is one Acquire and hands
+  LMCache its chunks as views of kvstore's slots (no copy; see slots.py), the lease released once
+  LMCache freed them.
 - Failure: a namespace that does not exist stops LMCache at start with the config to add. If kvstore
   is down or slow, every call is bounded by a timeout and turns into a miss (or a dropped put) with a
   log line; LMCache keeps serving.
@@ -33,6 +36,8 @@ Config (LMCache `extra_config`, plugin name `kvstore`):
       remote_storage_plugin.kvstore.namespace: lmcache
       remote_storage_plugin.kvstore.timeout_s: 1.0
       remote_storage_plugin.kvstore.session_config: lmcache.kvstore.session_id
+      remote_storage_plugin.kvstore.store_buffers_mib: 256  # kvstore slots kept ready as LMCache's store
+                                                            # buffers (0: LMCache's own, one copy more)
 """
 
 from __future__ import annotations
@@ -44,8 +49,10 @@ from itertools import groupby
 from typing import Any
 
 import numpy as np
+from kvstore.integrations.lmcache.slot_buffers import SlotBuffers
 from kvstore.integrations.lmcache.slots import SlotLeases
 from kvstore.sdk import Client
+from kvstore.sdk.base import Rpc
 from kvstore.sdk.core import DEFAULT_ADDRESS
 from lmcache.utils import CacheEngineKey
 from lmcache.v1.exceptions import IrrecoverableException
@@ -55,6 +62,7 @@ from lmcache.v1.storage_backend.connector.base_connector import RemoteConnector
 
 from kvstore.errors import KVStoreError, NotFound
 from kvstore.hashing import opaque_key
+from kvstore.v1 import kvstore_pb2 as pb
 
 log = logging.getLogger("kvstore.integrations.lmcache")
 
@@ -66,6 +74,18 @@ LEGACY_SESSION_TAG = "session_id"
 
 def _on(value: Any) -> bool:
     return str(value).lower() not in ("false", "0", "no", "off")
+
+
+def _sole_store(config: Any, plugin_name: str) -> bool:
+    """Whether this plugin is LMCache's only storage and a buffer reaches it as allocated: then
+    LMCache's store buffers may be kvstore slots, since nothing else keeps or reads them later."""
+    others = ("local_cpu", "local_disk", "gds_path", "maru_path", "enable_p2p", "enable_pd", "remote_url")
+    return (
+        config is not None
+        and not any(getattr(config, name, None) for name in others)
+        and list(getattr(config, "remote_storage_plugins", None) or []) == [plugin_name]
+        and getattr(config, "remote_serde", "naive") == "naive"
+    )
 
 
 class KVStoreConnector(RemoteConnector):
@@ -88,10 +108,11 @@ class KVStoreConnector(RemoteConnector):
         self.namespace = str(setting("namespace", "lmcache"))
         self.session_config = str(setting("session_config", SESSION_CONFIG))
         self.session_tag = str(setting("session_tag", LEGACY_SESSION_TAG))
+        shared = _on(setting("shared_memory", "true"))
         self.client = Client(
             self.address,
             timeout=float(setting("timeout_s", 1.0)),
-            shared_memory=_on(setting("shared_memory", "true")),
+            shared_memory=shared,
         )
         # Slot views only when LMCache frees what a get returns soon: with its own CPU cache on
         # (`local_cpu`), it keeps remote chunks indefinitely, longer than a read lease lives.
@@ -99,9 +120,28 @@ class KVStoreConnector(RemoteConnector):
         zero_copy = _on(setting("zero_copy", "true")) and not keeps_gets
         self.leases = SlotLeases(self.client) if zero_copy else None
         self._block_bytes: int | None = None
+        self._metas: dict[tuple[Any, ...], bytes] = {}
         self._warned_tag = False
         self._healthy = True
+        # LMCache's own allocator: buffers for chunks read over gRPC or copied out of a slot.
+        self._lmcache_allocate = local_cpu_backend.allocate
         self._check_namespace()
+        self.buffers: SlotBuffers | None = None
+        pool = int(float(setting("store_buffers_mib", 256)) * 2**20) // self.full_chunk_size_bytes
+        slot_chunks = shared and zero_copy and self._block_bytes == self.full_chunk_size_bytes
+        if pool > 0 and slot_chunks and _sole_store(config, plugin_name):
+            self.buffers = SlotBuffers(
+                self.client,
+                self.namespace,
+                self.full_chunk_size_bytes,
+                pool,
+                local_cpu_backend.allocate,
+                local_cpu_backend.batched_allocate,
+            )
+            # LMCache's StorageManager allocates every store buffer through its LocalCPUBackend (it
+            # has no allocator hook for a remote backend): ours stand in on that instance.
+            local_cpu_backend.allocate = self.buffers.allocate
+            local_cpu_backend.batched_allocate = self.buffers.batched_allocate
 
     # ------------------------------------------------------------------ start
 
@@ -187,20 +227,30 @@ class KVStoreConnector(RemoteConnector):
             self._block_bytes = info.block_bytes
         return self._block_bytes
 
+    def _meta(self, length: int, shapes: Any, dtypes: Any, fmt: Any) -> bytes:
+        """LMCache's metadata of a chunk (the same for every full chunk: built once per layout)."""
+        layout = (length, *shapes, *dtypes, fmt)
+        meta = self._metas.get(layout)
+        if meta is None:
+            meta = self._metas[layout] = bytes(
+                RemoteMetadata(length, list(shapes), list(dtypes), fmt).serialize()
+            )
+        return meta
+
     def _encode(self, memory_obj: MemoryObj) -> tuple[Any, bytes]:
         buffer = memory_obj.byte_array
-        meta = RemoteMetadata(
-            len(buffer), memory_obj.get_shapes(), memory_obj.get_dtypes(), memory_obj.get_memory_format()
-        ).serialize()
         pad = self._block_size() - len(buffer)
         # A full chunk goes as a view of LMCache's buffer: one copy, straight into the slot.
         data = bytes(buffer) + bytes(pad) if pad else np.frombuffer(buffer, dtype=np.uint8)
-        return data, bytes(meta)
+        meta = self._meta(
+            len(buffer), memory_obj.get_shapes(), memory_obj.get_dtypes(), memory_obj.get_memory_format()
+        )
+        return data, meta
 
     def _decode(self, data: Any, meta: bytes) -> MemoryObj | None:
         """A chunk copied into a fresh LMCache buffer (gRPC, a partial chunk, padded blocks)."""
         md = RemoteMetadata.deserialize(bytearray(meta))
-        memory_obj = self.local_cpu_backend.allocate(md.shapes, md.dtypes, md.fmt)
+        memory_obj = self._lmcache_allocate(md.shapes, md.dtypes, md.fmt)
         if memory_obj is None:
             log.debug("LMCache has no CPU buffer free for a chunk from kvstore")
             return None
@@ -292,18 +342,50 @@ class KVStoreConnector(RemoteConnector):
             return
         try:
             for session, run in self._by_session(keys):
-                encoded = [self._encode(memory_objs[i]) for i in run]
-                self.client.put(
-                    self.namespace,
-                    [self._key(keys[i]) for i in run],
-                    [d for d, _ in encoded],
-                    metas=[m for _, m in encoded],
-                    session=session,
-                )
+                self._put_run([self._key(keys[i]) for i in run], [memory_objs[i] for i in run], session)
         except (KVStoreError, ValueError) as exc:
             self._failed("put", exc)
             return
         self._ok()
+
+    def _put_run(self, keys: list[bytes], objs: list[MemoryObj], session: str | None) -> None:
+        """One chain: chunks written into our slots are committed in one CommitSlots; the others
+        (LMCache's own buffers) are copied in by a put, each stretch with its parent."""
+        written = self.buffers.written(objs) if self.buffers is not None else [None] * len(objs)
+        in_slots = [
+            pb.SlotBlock(
+                lease_id=w.lease_id,
+                slot=w.slot,
+                key=keys[i],
+                parent=keys[i - 1] if i else b"",
+                meta=self._meta(self.full_chunk_size_bytes, w.layout.shapes, w.layout.dtypes, w.layout.fmt),
+            )
+            for i, w in enumerate(written)
+            if w is not None
+        ]
+        if in_slots:
+            assert self.buffers is not None
+            request = pb.CommitSlotsRequest(blocks=in_slots, session=session or "")
+            settled = [obj for obj, w in zip(objs, written, strict=True) if w is not None]
+            try:
+                self.client._run(_commit_slots(request))
+            except BaseException:
+                self.buffers.settled(settled, committed=False)
+                raise
+            self.buffers.settled(settled, committed=True)
+        for copied, stretch in groupby(range(len(objs)), key=lambda i: written[i] is None):
+            if not copied:
+                continue
+            at = list(stretch)
+            encoded = [self._encode(objs[i]) for i in at]
+            self.client.put(
+                self.namespace,
+                [keys[i] for i in at],
+                [d for d, _ in encoded],
+                parent=keys[at[0] - 1] if at[0] else None,
+                metas=[m for _, m in encoded],
+                session=session,
+            )
 
     # ------------------------------------------------------------------ RemoteConnector
 
@@ -331,6 +413,11 @@ class KVStoreConnector(RemoteConnector):
         return True
 
     async def batched_put(self, keys: list[CacheEngineKey], memory_objs: list[MemoryObj]) -> None:
+        if self.buffers is not None and all(self.buffers.written(memory_objs)):
+            # Chunks already in our slots: the put is one CommitSlots RPC and no copy, run on
+            # LMCache's loop like a zero-copy get (bounded by timeout_s) rather than via a thread.
+            self._put_many(list(keys), list(memory_objs))
+            return
         await self.loop.run_in_executor(None, self._put_many, list(keys), list(memory_objs))
 
     async def list(self) -> list[str]:
@@ -338,6 +425,16 @@ class KVStoreConnector(RemoteConnector):
         return []
 
     async def close(self) -> None:
+        if self.buffers is not None:
+            # LMCache's own allocator again (the StorageManager may outlive this connector)
+            del self.local_cpu_backend.allocate, self.local_cpu_backend.batched_allocate
+            self.buffers.close()
         if self.leases is not None:
             self.leases.close()
         self.client.close()
+
+
+def _commit_slots(request: pb.CommitSlotsRequest) -> Any:
+    """The SDK's sans-I/O form of one CommitSlots call (no public SDK method: only a client that
+    hands out slots as buffers, like this plugin, commits by slot)."""
+    return (yield Rpc("CommitSlots", request))

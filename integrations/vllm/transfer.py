@@ -8,11 +8,13 @@ engine's per-block KV size over all layers.
 No vLLM import here: only the paged KV tensors vLLM registers (one per layer), so the benchmark
 can drive the same copies on a cache of the same layout without starting an engine.
 
-Copies: a save gathers the blocks of each layer into a staging buffer (one slice copy per run of
-consecutive engine blocks, on bytes) and the SDK copies each staged block into its shared-memory
-slot; a load is the mirror image (slot -> staging -> engine blocks). Two copies per byte each way,
-each a large one; copying layer pages straight into the slots would save one but costs a Python
-call per (block, layer).
+Copies: next to the server (shared memory) and on a cache whose block pages are contiguous (the
+CPU backend's layout), each layer's pages go straight between the paged KV cache and the kvstore
+slots: a save is one Reserve, one copy per (run of blocks consecutive in the engine and in shared
+memory, layer), one Commit; a load one Acquire, the same copies the other way, one Release. One
+copy per byte each way. Otherwise (gRPC, other layouts, a slot kvstore had no room for) the blocks
+go through a staging buffer: gathered per layer into it, then copied by the SDK into the slots (a
+load is the mirror image): two copies per byte.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from kvstore.sdk import Client
+from kvstore.sdk import Client, core, shm
+from kvstore.sdk.base import Op, Rpc
+
+from kvstore.errors import FailedPrecondition
+from kvstore.v1 import kvstore_pb2 as pb
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,22 @@ class KVLayout:
         self.layers = layers
         self.block_bytes = offset
         self.num_blocks = num_blocks
+        # Every layer's block pages contiguous: pages can be copied straight to and from slots.
+        self.direct = all(layer.pages is not None for layer in layers)
+
+    def to_slots(self, first: int, slots: torch.Tensor) -> None:
+        """Copy engine blocks first.. into `slots` (n, block_bytes): one copy per layer."""
+        n = len(slots)
+        for layer in self.layers:
+            assert layer.pages is not None
+            slots[:, layer.offset : layer.offset + layer.nbytes].copy_(layer.pages[first : first + n])
+
+    def from_slots(self, slots: torch.Tensor, first: int) -> None:
+        """Copy `slots` (n, block_bytes) into engine blocks first..: one copy per layer."""
+        n = len(slots)
+        for layer in self.layers:
+            assert layer.pages is not None
+            layer.pages[first : first + n].copy_(slots[:, layer.offset : layer.offset + layer.nbytes])
 
     def staging(self, n: int) -> torch.Tensor:
         """A (n, block_bytes) byte buffer: row i is kvstore block i."""
@@ -116,6 +138,26 @@ def _runs(block_ids: Sequence[int]) -> list[tuple[int, int, int]]:
     return runs
 
 
+def _slot_runs(
+    block_ids: Sequence[int], places: Sequence[tuple[int, int] | None], size: int
+) -> list[tuple[int, int, int]]:
+    """(position, first block, length) of runs of blocks consecutive both in the engine and in one
+    shared segment (`places`: (segment, offset) of each block, None to skip it): each run is then
+    one strided copy per layer."""
+    runs: list[tuple[int, int, int]] = []
+    for i, (block, place) in enumerate(zip(block_ids, places, strict=True)):
+        if place is None:
+            continue
+        if runs:
+            at, first, length = runs[-1]
+            prev = places[at + length - 1] if at + length == i else None
+            if prev is not None and first + length == block and prev == (place[0], place[1] - size):
+                runs[-1] = (at, first, length + 1)
+                continue
+        runs.append((i, block, 1))
+    return runs
+
+
 def _block_dim(tensor: torch.Tensor, num_blocks: int, name: str) -> int:
     # CPU and most GPU backends put blocks first; FlashAttention-style (2, num_blocks, ...) second.
     for dim in (0, 1):
@@ -159,6 +201,12 @@ class BlockTransfer:
             buffer = self._staging[direction] = self.layout.staging(max(n, min(self.round_blocks, 2 * n)))
         return buffer[:n]
 
+    def _segments(self) -> shm.Segments | None:
+        """The server's shared segments when pages can go straight to and from slots."""
+        if not self.layout.direct:
+            return None
+        return self.client._run(self.client._shared())
+
     def load(self, keys: Sequence[bytes], block_ids: Sequence[int], session: str | None) -> int:
         """Read blocks `keys` into engine blocks `block_ids`; returns how many leading blocks were
         loaded (the rest were not stored any more and must be recomputed)."""
@@ -166,13 +214,13 @@ class BlockTransfer:
         loaded = 0
         for at in range(0, len(keys), self.round_blocks):
             part = list(keys[at : at + self.round_blocks])
-            rows = self._rows("load", len(part))
-            stored = self.client.fetch(
-                self.namespace, part, session=session, stop_at_miss=True, into=list(rows)
-            )
-            found = next((i for i, b in enumerate(stored) if b is None), len(stored))
-            if found:
-                self.layout.scatter(rows[:found], block_ids[at : at + found])
+            ids = list(block_ids[at : at + len(part)])
+            segments = self._segments()
+            found = None
+            if segments is not None:
+                found = self.client._run(self._load_direct(segments, part, ids, session))
+            if found is None:  # gRPC, another layout, or a read lease that expired: staged
+                found = self._load_staged(part, ids, session)
             loaded += found
             if found < len(part):
                 break
@@ -180,17 +228,96 @@ class BlockTransfer:
         self.traffic.load_s += time.perf_counter() - started
         return loaded
 
+    def _load_staged(self, keys: list[bytes], block_ids: list[int], session: str | None) -> int:
+        rows = self._rows("load", len(keys))
+        stored = self.client.fetch(self.namespace, keys, session=session, stop_at_miss=True, into=list(rows))
+        found = next((i for i, b in enumerate(stored) if b is None), len(stored))
+        if found:
+            self.layout.scatter(rows[:found], block_ids[:found])
+        return found
+
+    def _load_direct(
+        self, segments: shm.Segments, keys: list[bytes], block_ids: list[int], session: str | None
+    ) -> Op[int | None]:
+        """Acquire, copy each slot's pages into the engine's blocks, Release; None when the lease
+        expired first (what was copied may be torn: the caller loads again, staged)."""
+        request = pb.AcquireRequest(
+            namespace=self.namespace, keys=keys, session=session or "", stop_at_miss=True
+        )
+        reply = yield Rpc("Acquire", request)
+        if (yield from self.client._stale(segments, reply)):
+            return None
+        size = self.layout.block_bytes
+        found = next((i for i, b in enumerate(reply.blocks) if not b.found), len(reply.blocks))
+        try:
+            places = [None if b.inline else (b.segment, b.offset) for b in reply.blocks[:found]]
+            for at, first, n in _slot_runs(block_ids[:found], places, size):
+                b = reply.blocks[at]
+                view = segments.view(b.segment, b.offset, n * size)
+                self.layout.from_slots(torch.frombuffer(view, dtype=torch.uint8).view(n, size), first)
+            for b, block in zip(reply.blocks[:found], block_ids, strict=False):
+                if b.inline:  # not in shared memory (on disk): its bytes came with the reply
+                    rows = torch.frombuffer(bytearray(b.data), dtype=torch.uint8).view(1, size)
+                    self.layout.from_slots(rows, block)
+        finally:
+            valid = (yield Rpc("Release", pb.LeaseRequest(lease_id=reply.lease_id))).valid
+        return found if valid else None
+
     def save(self, keys: Sequence[bytes], block_ids: Sequence[int], parent: bytes | None) -> list[str]:
         """Store engine blocks `block_ids` as the chain `keys` (after `parent`); returns tiers."""
         started = time.perf_counter()
         tiers: list[str] = []
         for at in range(0, len(keys), self.round_blocks):
             part = list(keys[at : at + self.round_blocks])
-            rows = self._rows("save", len(part))
-            self.layout.gather(block_ids[at : at + len(part)], rows)
-            metas = [b""] * len(part)  # raw bytes: the layout, not the SDK, knows what they are
-            tiers += self.client.put(self.namespace, part, list(rows), parent=parent, metas=metas)
+            ids = list(block_ids[at : at + len(part)])
+            segments = self._segments()
+            done = None
+            if segments is not None:
+                done = self.client._run(self._save_direct(segments, part, ids, parent))
+            tiers += done if done is not None else self._save_staged(part, ids, parent)
             parent = part[-1]
         self.traffic.saved_bytes += len(keys) * self.layout.block_bytes
         self.traffic.save_s += time.perf_counter() - started
+        return tiers
+
+    def _save_staged(self, keys: list[bytes], block_ids: list[int], parent: bytes | None) -> list[str]:
+        rows = self._rows("save", len(keys))
+        self.layout.gather(block_ids, rows)
+        metas = [b""] * len(keys)  # raw bytes: the layout, not the SDK, knows what they are
+        return self.client.put(self.namespace, keys, list(rows), parent=parent, metas=metas)
+
+    def _save_direct(
+        self, segments: shm.Segments, keys: list[bytes], block_ids: list[int], parent: bytes | None
+    ) -> Op[list[str] | None]:
+        """Reserve, copy each block's pages into its slot, Commit; blocks without room go staged
+        after. None when the lease ran out (nothing was stored: the caller saves staged)."""
+        size = self.layout.block_bytes
+        parents = [parent or b"", *keys[:-1]]
+        headers = [pb.BlockHeader(key=k, parent=p, size=size) for k, p in zip(keys, parents, strict=True)]
+        started = time.monotonic()
+        reply = yield Rpc("Reserve", pb.ReserveRequest(namespace=self.namespace, blocks=headers))
+        lease = pb.LeaseRequest(lease_id=reply.lease_id)
+        if (yield from self.client._stale(segments, reply)):
+            return None
+        try:
+            places = [(s.segment, s.offset) if s.state == pb.SLOT_WRITE else None for s in reply.slots]
+            for at, first, n in _slot_runs(block_ids, places, size):
+                if time.monotonic() > core.lease_deadline(started, reply):
+                    raise core.LeaseRunningOut(f"lease {reply.lease_id} is running out")
+                s = reply.slots[at]
+                view = segments.view(s.segment, s.offset, n * size)
+                self.layout.to_slots(first, torch.frombuffer(view, dtype=torch.uint8).view(n, size))
+        except core.LeaseRunningOut:
+            yield Rpc("Release", lease)
+            return None
+        except BaseException:
+            yield Rpc("Release", lease)
+            raise
+        try:
+            tiers = list((yield Rpc("Commit", lease)).tiers)
+        except FailedPrecondition:
+            return None
+        for i, s in enumerate(reply.slots):
+            if s.state == pb.SLOT_NO_ROOM:  # rare: each on its own, with its own parent
+                tiers[i] = self._save_staged([keys[i]], [block_ids[i]], parents[i] or None)[0]
         return tiers

@@ -52,7 +52,7 @@ ROLE_METHODS: dict[str, frozenset[str]] = {
     "engine": frozenset({"KVStore/*", "Admin/Evict", *_ADMIN_READS}),
     "agent": frozenset({"AgentHints/*", "KVStore/Lookup", "KVStore/DescribeNamespace", *_ADMIN_READS}),
 }
-_SHM_METHODS = {"Reserve", "Commit", "Acquire", "Release"}
+_SHM_METHODS = {"Reserve", "Commit", "CommitSlots", "Acquire", "Release"}
 
 _CALLER: ContextVar[Identity | None] = ContextVar("kvstore_caller", default=None)
 
@@ -146,6 +146,10 @@ class Guard:
             )
         if name in ("Commit", "Release"):
             self.lease(caller, request.lease_id)
+        elif name == "CommitSlots":
+            for lease_id in {b.lease_id for b in request.blocks}:
+                self.lease(caller, lease_id)
+            self.data(caller, request)
         elif name == "Evict" and not caller.admin and not request.keys:
             raise PermissionDenied(
                 "evicting bytes from a tier moves every tenant's blocks: only an admin token may; "

@@ -143,10 +143,19 @@ class KVStoreService(pb_grpc.KVStoreServicer):
     async def Reserve(
         self, request: pb.ReserveRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReserveResponse:
-        headers = [BlockHeader(b.key, b.size, b.parent or None, b.meta) for b in request.blocks]
-        lease, slots = await asyncio.to_thread(
-            self.leases.reserve, request.namespace, headers, request.session or None, request.pin
-        )
+        if request.count:
+            if request.blocks or request.session or request.pin:
+                raise InvalidArgument(
+                    "a Reserve by count names no blocks, session or pin: they go with CommitSlots"
+                )
+            lease, slots = await asyncio.to_thread(
+                self.leases.reserve_count, request.namespace, request.count
+            )
+        else:
+            headers = [BlockHeader(b.key, b.size, b.parent or None, b.meta) for b in request.blocks]
+            lease, slots = await asyncio.to_thread(
+                self.leases.reserve, request.namespace, headers, request.session or None, request.pin
+            )
         return pb.ReserveResponse(
             lease_id=lease.id,
             slots=[
@@ -166,6 +175,18 @@ class KVStoreService(pb_grpc.KVStoreServicer):
         except asyncio.CancelledError:
             gave_up.set()
             raise
+        return pb.CommitResponse(tiers=[tier for _, tier in stored])
+
+    @grpc_errors
+    async def CommitSlots(
+        self, request: pb.CommitSlotsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CommitResponse:
+        blocks = [
+            (b.lease_id, b.slot, BlockHeader(b.key, 0, b.parent or None, b.meta)) for b in request.blocks
+        ]
+        stored = await asyncio.to_thread(
+            self.leases.commit_slots, blocks, request.session or None, request.pin
+        )
         return pb.CommitResponse(tiers=[tier for _, tier in stored])
 
     @grpc_errors

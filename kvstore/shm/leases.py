@@ -16,6 +16,11 @@ transfer (`BlockEntry.readers`), so nothing moves, evicts or frees it while the 
 `release` ends the lease and says whether it was still valid. A lease that expired first may
 have had its slots reused: the client must discard what it read (the SDK then reads over gRPC).
 
+Writing before the keys are known: `reserve_count` hands out N anonymous slots under one lease, and
+`commit_slots` names the blocks written into any of them (across leases), one call per batch. So a
+client can give its caller slots as buffers to fill (LMCache's allocator) and store them with no
+extra copy. Such a lease stays open until each slot is committed, or it ends and frees the rest.
+
 Lease ids are generations: they only grow, so an ended lease is never confused with a new one.
 """
 
@@ -81,9 +86,12 @@ class Lease:
     namespace: str
     session: str | None = None
     pin: bool = False
-    # write: (slot entry or None, key, state), one per reserved block in request order
+    # write: (slot entry or None, key, state), one per reserved block in request order; a slot of a
+    # lease reserved by count has no key until commit_slots, which then sets its entry to None
     slots: list[tuple[BlockEntry | None, bytes, SlotState]] = field(default_factory=list)
     reads: list[BlockEntry] = field(default_factory=list)
+    by_count: bool = False
+    open_slots: int = 0  # by_count: slots neither committed nor without room
 
 
 class Leases:
@@ -164,6 +172,76 @@ class Leases:
             slots.append(Slot(b.key, SlotState.WRITE, self._segment_of[entry.tier], entry.location, size))
         return self._open(lease), slots
 
+    def reserve_count(self, namespace: str, count: int) -> tuple[Lease, list[Slot]]:
+        """`count` slots of the namespace's block size for blocks named at `commit_slots`."""
+        if count < 1:
+            raise InvalidArgument(f"count is {count}: reserve at least one slot")
+        self._check_batch(count)
+        size = self.store.check.namespace(namespace).block_bytes
+        self.expire()
+        lease = Lease(0, 0.0, True, namespace, by_count=True)
+        slots = []
+        for _ in range(count):
+            entry = BlockEntry(namespace, b"", None, size, "")
+            if not self.store.reserve_shared(entry):
+                lease.slots.append((None, b"", SlotState.NO_ROOM))
+                slots.append(Slot(b"", SlotState.NO_ROOM))
+                continue
+            lease.slots.append((entry, b"", SlotState.WRITE))
+            slots.append(Slot(b"", SlotState.WRITE, self._segment_of[entry.tier], entry.location, size))
+        lease.open_slots = sum(state is SlotState.WRITE for _, _, state in lease.slots)
+        if not lease.open_slots:  # no room at all: no lease (id 0) to hold open
+            return lease, slots
+        return self._open(lease), slots
+
+    def commit_slots(
+        self, blocks: Sequence[tuple[int, int, BlockHeader]], session: str | None = None, pin: bool = False
+    ) -> list[tuple[bytes, str]]:
+        """Index blocks written into slots reserved by count: (lease id, slot index, header) each.
+        All are checked before any is indexed, so a refused call changes nothing."""
+        self.store.check.session(session)
+        with self._lock:
+            taken = [self._open_slot(i, lease_id, slot) for i, (lease_id, slot, _) in enumerate(blocks)]
+        if len({(lease.id, slot) for lease, slot, _ in taken}) < len(taken):
+            raise InvalidArgument("a slot is named twice: each slot holds one block")
+        for i, ((lease, _, entry), (_, _, header)) in enumerate(zip(taken, blocks, strict=True)):
+            self.store.check.block(lease.namespace, header.key, header.parent, header.meta, entry.size, i)
+        if session:
+            with self.store.lock:  # the caps and the session's tenant, before anything changes
+                for namespace in {lease.namespace for lease, _, _ in taken}:
+                    self.store.check_session_locked(session, namespace)
+        with self._lock:
+            # Again: a lease may have ended while the blocks were checked without the lock.
+            taken = [self._open_slot(i, lease_id, slot) for i, (lease_id, slot, _) in enumerate(blocks)]
+            for (lease, slot, entry), (_, _, header) in zip(taken, blocks, strict=True):
+                lease.slots[slot] = (None, header.key, SlotState.STORED)  # kvstore's now, not the lease's
+                lease.open_slots -= 1
+                if lease.open_slots == 0:
+                    self._active.pop(lease.id, None)
+                entry.key, entry.parent, entry.meta = header.key, header.parent or None, header.meta
+        out = []
+        for lease, _, entry in taken:
+            (stored,) = self.store.add_written(lease.namespace, [(entry, entry.key)], session, pin)
+            out.append((entry.key, stored.tier if stored is not None else ""))
+        return out
+
+    def _open_slot(self, i: int, lease_id: int, slot: int) -> tuple[Lease, int, BlockEntry]:
+        """An uncommitted slot of an active lease reserved by count (caller holds the lock)."""
+        lease = self._active.get(lease_id)
+        if lease is None:
+            raise self._gone(lease_id)
+        if not lease.by_count:
+            raise InvalidArgument(
+                f"block #{i}: lease {lease_id} was not reserved by count; end it with Commit"
+            )
+        entry = lease.slots[slot][0] if 0 <= slot < len(lease.slots) else None
+        if entry is None:
+            raise InvalidArgument(
+                f"block #{i}: lease {lease_id} has no open slot {slot} (out of range, committed already, "
+                "or reserved without room)"
+            )
+        return lease, slot, entry
+
     def commit(self, lease_id: int, gave_up: Callable[[], bool] | None = None) -> list[tuple[bytes, str]]:
         """Index what the lease's client wrote; returns (key, tier) of every block it covered.
         `gave_up`: whether the caller stopped waiting; then nothing is stored (Store.add_written)."""
@@ -172,6 +250,9 @@ class Leases:
             if not lease.writing:
                 self._active[lease_id] = lease
                 raise InvalidArgument(f"lease {lease_id} is a read lease; end it with Release")
+            if lease.by_count:
+                self._active[lease_id] = lease
+                raise InvalidArgument(f"lease {lease_id} was reserved by count; commit it with CommitSlots")
         # A block without room goes over gRPC instead: not part of the commit.
         written = [(entry, key) for entry, key, state in lease.slots if state is not SlotState.NO_ROOM]
         stored = iter(self.store.add_written(lease.namespace, written, lease.session, lease.pin, gave_up))
@@ -251,14 +332,17 @@ class Leases:
 
     def _take(self, lease_id: int) -> Lease:
         lease = self._active.pop(lease_id, None)
-        if lease is not None:
-            return lease
+        if lease is None:
+            raise self._gone(lease_id)
+        return lease
+
+    def _gone(self, lease_id: int) -> FailedPrecondition | InvalidArgument:
         if 0 < lease_id <= self._last_id:
-            raise FailedPrecondition(
+            return FailedPrecondition(
                 f"lease {lease_id} has ended (released, committed, or expired after {self.ttl_s:g} s); "
                 "nothing it covered was stored: start again"
             )
-        raise InvalidArgument(f"there is no lease {lease_id}")
+        return InvalidArgument(f"there is no lease {lease_id}")
 
     def _end(self, lease: Lease) -> None:
         for entry, _, _ in lease.slots:

@@ -190,16 +190,18 @@ class BlockHeader(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., parent: _Optional[bytes] = ..., meta: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
-    __slots__ = ("namespace", "blocks", "session", "pin")
+    __slots__ = ("namespace", "blocks", "session", "pin", "count")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     PIN_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     blocks: _containers.RepeatedCompositeFieldContainer[BlockHeader]
     session: str
     pin: bool
-    def __init__(self, namespace: _Optional[str] = ..., blocks: _Optional[_Iterable[_Union[BlockHeader, _Mapping]]] = ..., session: _Optional[str] = ..., pin: bool = ...) -> None: ...
+    count: int
+    def __init__(self, namespace: _Optional[str] = ..., blocks: _Optional[_Iterable[_Union[BlockHeader, _Mapping]]] = ..., session: _Optional[str] = ..., pin: bool = ..., count: _Optional[int] = ...) -> None: ...
 
 class Slot(_message.Message):
     __slots__ = ("key", "state", "segment", "offset", "size")
@@ -232,6 +234,30 @@ class LeaseRequest(_message.Message):
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     lease_id: int
     def __init__(self, lease_id: _Optional[int] = ...) -> None: ...
+
+class SlotBlock(_message.Message):
+    __slots__ = ("lease_id", "slot", "key", "parent", "meta")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    lease_id: int
+    slot: int
+    key: bytes
+    parent: bytes
+    meta: bytes
+    def __init__(self, lease_id: _Optional[int] = ..., slot: _Optional[int] = ..., key: _Optional[bytes] = ..., parent: _Optional[bytes] = ..., meta: _Optional[bytes] = ...) -> None: ...
+
+class CommitSlotsRequest(_message.Message):
+    __slots__ = ("blocks", "session", "pin")
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    PIN_FIELD_NUMBER: _ClassVar[int]
+    blocks: _containers.RepeatedCompositeFieldContainer[SlotBlock]
+    session: str
+    pin: bool
+    def __init__(self, blocks: _Optional[_Iterable[_Union[SlotBlock, _Mapping]]] = ..., session: _Optional[str] = ..., pin: bool = ...) -> None: ...
 
 class CommitResponse(_message.Message):
     __slots__ = ("tiers",)

@@ -86,6 +86,11 @@ class KVStoreStub(object):
                 request_serializer=kvstore_dot_v1_dot_kvstore__pb2.LeaseRequest.SerializeToString,
                 response_deserializer=kvstore_dot_v1_dot_kvstore__pb2.CommitResponse.FromString,
                 _registered_method=True)
+        self.CommitSlots = channel.unary_unary(
+                '/kvstore.v1.KVStore/CommitSlots',
+                request_serializer=kvstore_dot_v1_dot_kvstore__pb2.CommitSlotsRequest.SerializeToString,
+                response_deserializer=kvstore_dot_v1_dot_kvstore__pb2.CommitResponse.FromString,
+                _registered_method=True)
         self.Acquire = channel.unary_unary(
                 '/kvstore.v1.KVStore/Acquire',
                 request_serializer=kvstore_dot_v1_dot_kvstore__pb2.AcquireRequest.SerializeToString,
@@ -177,6 +182,15 @@ class KVStoreServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CommitSlots(self, request, context):
+        """Index blocks written into slots reserved by count (ReserveRequest.count), naming each block
+        now; slots of several such leases in one call. A lease stays open until each of its slots is
+        committed or the lease is released or expires (its uncommitted slots are then freed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Acquire(self, request, context):
         """Where stored blocks lie, under a read lease: they do not move or go until Release.
         """
@@ -253,6 +267,11 @@ def add_KVStoreServicer_to_server(servicer, server):
             'Commit': grpc.unary_unary_rpc_method_handler(
                     servicer.Commit,
                     request_deserializer=kvstore_dot_v1_dot_kvstore__pb2.LeaseRequest.FromString,
+                    response_serializer=kvstore_dot_v1_dot_kvstore__pb2.CommitResponse.SerializeToString,
+            ),
+            'CommitSlots': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitSlots,
+                    request_deserializer=kvstore_dot_v1_dot_kvstore__pb2.CommitSlotsRequest.FromString,
                     response_serializer=kvstore_dot_v1_dot_kvstore__pb2.CommitResponse.SerializeToString,
             ),
             'Acquire': grpc.unary_unary_rpc_method_handler(
@@ -542,6 +561,33 @@ class KVStore(object):
             target,
             '/kvstore.v1.KVStore/Commit',
             kvstore_dot_v1_dot_kvstore__pb2.LeaseRequest.SerializeToString,
+            kvstore_dot_v1_dot_kvstore__pb2.CommitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitSlots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.v1.KVStore/CommitSlots',
+            kvstore_dot_v1_dot_kvstore__pb2.CommitSlotsRequest.SerializeToString,
             kvstore_dot_v1_dot_kvstore__pb2.CommitResponse.FromString,
             options,
             channel_credentials,
