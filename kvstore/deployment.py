@@ -107,7 +107,7 @@ class Router:
         self.store.check.keys(keys)
         found = None
         if self.deployment is not None:
-            found = read_views(self.deployment.link, ns, keys, remote_too=True)
+            found = read_views(self.deployment.link, ns, keys)
         views, remote = found if found is not None else ([], 0)
         own = self._own_view(namespace, keys, remote)
         others = [v for v in views if v.worker != self.worker_id]

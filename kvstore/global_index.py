@@ -167,9 +167,7 @@ class IndexPublisher:
         return ok
 
 
-def read_views(
-    link: RedisLink, ns: Namespace, keys: Sequence[bytes], remote_too: bool
-) -> tuple[list[WorkerView], int] | None:
+def read_views(link: RedisLink, ns: Namespace, keys: Sequence[bytes]) -> tuple[list[WorkerView], int] | None:
     """Every live worker's view of the chain `keys` (its leading blocks per tier, a block in the
     remote tier counting for every worker, and its load), and how many leading blocks the remote
     tier holds. None when Redis is down."""
@@ -179,9 +177,8 @@ def read_views(
         pipe.zrangebyscore(WORKERS, time.time() - WORKER_TTL_S, "+inf")
         for key in keys:
             pipe.hgetall(index_key(ns, key))
-        if remote_too:
-            for key in keys:
-                pipe.exists(block_key(ns, key))
+        for key in keys:
+            pipe.exists(block_key(ns, key))
         return pipe.execute()
 
     replies = link.call(first, None)
@@ -189,7 +186,7 @@ def read_views(
         return None
     ids = [w.decode() for w in replies[0]]
     holders: list[dict[bytes, bytes]] = replies[1 : 1 + len(keys)]
-    in_remote = replies[1 + len(keys) :] if remote_too else []
+    in_remote = replies[1 + len(keys) :]
     remote = 0
     while remote < len(in_remote) and in_remote[remote]:
         remote += 1

@@ -27,6 +27,7 @@ from kvstore import writes
 from kvstore.errors import (
     FailedPrecondition,
     InvalidArgument,
+    KVStoreError,
     NotFound,
     shorten,
 )
@@ -36,6 +37,7 @@ from kvstore.placement import Moved, Placement
 from kvstore.sessions import Session
 from kvstore.sessions.actions import SessionActions
 from kvstore.tenancy import check_tenant
+from kvstore.tiers.base import checksum
 from kvstore.tiers.remote import RemoteTier
 from kvstore.validation import Checks, Limits
 
@@ -198,8 +200,13 @@ class Store:
                 if entry is not None and (read is None or read.held is None):
                     entry.readers -= 1
             now = self.clock.now()
-            # Checked again here (PermissionDenied): the session may have changed hands meanwhile.
-            active = self.active_session_locked(session, namespace, now) if session else None
+            try:  # checked again (PermissionDenied): the session may have changed hands meanwhile
+                active = self.active_session_locked(session, namespace, now) if session else None
+            except KVStoreError:  # the caller gets no reads to release: give back the held ones
+                for read in out:
+                    if read is not None and read.held is not None:
+                        read.held.readers -= 1
+                raise
             for i, entry in enumerate(found):
                 read = out[i] if i < len(out) else None
                 if i >= len(out):
@@ -247,6 +254,8 @@ class Store:
             else:  # past the local stop: counted by the remote tier, not as a local hit
                 out.append(read)
             entry = BlockEntry(namespace, keys[i], block.parent, size, "", meta=block.meta)
+            if self.placement.checksums:  # its bytes passed Redis's check: from here on, its own
+                entry.checksum = checksum(block.data)
             fetched.append((entry, block.data))
         return fetched
 

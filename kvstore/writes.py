@@ -55,13 +55,15 @@ def put(store: Store, blocks: Sequence[PutBlock], gave_up: Callable[[], bool] | 
         entries = _place_all(store, blocks, gave_up, undo)
     except KVStoreError:  # a session that changed hands meanwhile: PermissionDenied, nothing kept
         with store.lock:
-            _undo_locked(store, undo)
+            dropped = _undo_locked(store, undo)
+        _forget_remote(store, dropped)
         raise
     with store.lock:  # where each is now: a big batch may have pushed its own first blocks down or out
-        if gave_up is not None and gave_up():
-            _undo_locked(store, undo)
-            raise Cancelled("the caller gave up on this put before it was stored")
-        return [e.tier if e is not None and placement.held_locked(e) else "" for e in entries]
+        if gave_up is None or not gave_up():
+            return [e.tier if e is not None and placement.held_locked(e) else "" for e in entries]
+        dropped = _undo_locked(store, undo)
+    _forget_remote(store, dropped)
+    raise Cancelled("the caller gave up on this put before it was stored")
 
 
 def _place_all(
@@ -136,13 +138,15 @@ def add_written(
         except KVStoreError:  # the session changed hands since Reserve: PermissionDenied, nothing kept
             _free_slots(store, [e for e, _ in written[i + 1 :]])
             with store.lock:
-                _undo_locked(store, undo)
+                dropped = _undo_locked(store, undo)
+            _forget_remote(store, dropped)
             raise
     with store.lock:
-        if gave_up is not None and gave_up():
-            _undo_locked(store, undo)
-            raise Cancelled("the caller gave up on this commit before it was stored")
-    return out
+        if gave_up is None or not gave_up():
+            return out
+        dropped = _undo_locked(store, undo)
+    _forget_remote(store, dropped)
+    raise Cancelled("the caller gave up on this commit before it was stored")
 
 
 def _index_written(
@@ -190,9 +194,10 @@ def _free_slots(store: Store, entries: Sequence[BlockEntry | None]) -> None:
                 store.placement.free_locked(store.tier_by_name[entry.tier], entry)
 
 
-def _undo_locked(store: Store, undo: _Undo) -> None:
+def _undo_locked(store: Store, undo: _Undo) -> list[BlockEntry]:
     """Take back what a put did that its caller gave up on: its pins, its session references,
-    the sessions it opened, and the blocks it added that nobody else has claimed meanwhile."""
+    the sessions it opened, and the blocks it added that nobody else has claimed meanwhile
+    (returned: write-through may have sent them to the shared tier already)."""
     placement = store.placement
     for entry in undo.pins:
         if placement.held_locked(entry) and entry.pins - entry.fanout_pins > 0:
@@ -203,9 +208,23 @@ def _undo_locked(store: Store, undo: _Undo) -> None:
         session = store.sessions.sessions.get(sid)
         if session is not None and session.blocks == 0 and session.fanout is None:
             store.sessions.close(session)
+    dropped = []
     for entry in undo.added:
         if placement.held_locked(entry) and entry.movable and not entry.sessions:
             placement.drop_locked(entry, count=False)
+            dropped.append(entry)
+    return dropped
+
+
+def _forget_remote(store: Store, dropped: Sequence[BlockEntry]) -> None:
+    """Delete blocks a write took back from the shared tier too (off the lock: a round trip)."""
+    if store.remote is None:
+        return
+    by_namespace: dict[str, list[bytes]] = {}
+    for entry in dropped:
+        by_namespace.setdefault(entry.namespace, []).append(entry.key)
+    for namespace, keys in by_namespace.items():
+        store.remote.delete(namespace, keys)
 
 
 def _sessions_by_tenant(store: Store, blocks: Sequence[PutBlock]) -> dict[str, set[str]]:

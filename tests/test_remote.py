@@ -117,6 +117,8 @@ def test_blocks_put_on_one_worker_are_found_read_and_routed_on_another(
             assert route.candidates[1].prefix_blocks == {"remote": 6}
             assert kb.get("t", keys) == blocks  # byte-identical through the other worker
             assert kb.lookup("t", keys=keys).blocks_per_tier == {"hbm": 6}  # now local on B too
+            # ...with a checksum of its own, so a scribble on B's copy is caught like any other
+            assert all(b.store.index.get("t", k).checksum is not None for k in keys)
             assert b.store.remote.stats().hits == 6
             # Delete removes it from the shared tier too: it does not come back from Redis.
             assert kb.delete("t", keys[4:]) == 2
@@ -355,6 +357,9 @@ def test_write_queue_is_bounded_and_counts_what_it_drops() -> None:
     assert tier.offer("t", b"c" * 32) and tier.offer("t", b"d" * 32)  # write-through: keys only
     assert not tier.offer("t", b"e" * 32)  # past the block bound
     assert tier.stats().dropped_writes == 2 and tier.stats().queued == 3
+    tier.delete("t", [b"a" * 32, b"c" * 32])  # a deleted block's queued write must not bring it back
+    assert tier.stats().queued == 1
+    assert tier.offer("t", b"f" * 32, data=data(1)[0])  # its bytes no longer count against the bound
 
 
 def test_slow_redis_costs_a_timeout_not_an_error(tmp_path: Path, fresh_redis: RedisServer) -> None:

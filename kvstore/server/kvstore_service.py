@@ -184,9 +184,15 @@ class KVStoreService(pb_grpc.KVStoreServicer):
         blocks = [
             (b.lease_id, b.slot, BlockHeader(b.key, 0, b.parent or None, b.meta)) for b in request.blocks
         ]
-        stored = await asyncio.to_thread(
-            self.leases.commit_slots, blocks, request.session or None, request.pin
-        )
+        gave_up = threading.Event()  # as for Commit
+        context.add_done_callback(lambda _: gave_up.set())
+        try:
+            stored = await asyncio.to_thread(
+                self.leases.commit_slots, blocks, request.session or None, request.pin, gave_up.is_set
+            )
+        except asyncio.CancelledError:
+            gave_up.set()
+            raise
         return pb.CommitResponse(tiers=[tier for _, tier in stored])
 
     @grpc_errors

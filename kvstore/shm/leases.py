@@ -195,10 +195,15 @@ class Leases:
         return self._open(lease), slots
 
     def commit_slots(
-        self, blocks: Sequence[tuple[int, int, BlockHeader]], session: str | None = None, pin: bool = False
+        self,
+        blocks: Sequence[tuple[int, int, BlockHeader]],
+        session: str | None = None,
+        pin: bool = False,
+        gave_up: Callable[[], bool] | None = None,
     ) -> list[tuple[bytes, str]]:
-        """Index blocks written into slots reserved by count: (lease id, slot index, header) each.
-        All are checked before any is indexed, so a refused call changes nothing."""
+        """Index blocks written into slots reserved by count: (lease id, slot index, header) each,
+        all of one namespace. All are checked before any is indexed, so a refused call changes
+        nothing; `gave_up`, as for `commit`: nothing is stored once the caller stopped waiting."""
         self.store.check.session(session)
         with self._lock:
             taken = [self._open_slot(i, lease_id, slot) for i, (lease_id, slot, _) in enumerate(blocks)]
@@ -206,10 +211,17 @@ class Leases:
             raise InvalidArgument("a slot is named twice: each slot holds one block")
         for i, ((lease, _, entry), (_, _, header)) in enumerate(zip(taken, blocks, strict=True)):
             self.store.check.block(lease.namespace, header.key, header.parent, header.meta, entry.size, i)
-        if session:
-            with self.store.lock:  # the caps and the session's tenant, before anything changes
-                for namespace in {lease.namespace for lease, _, _ in taken}:
-                    self.store.check_session_locked(session, namespace)
+        namespaces = {lease.namespace for lease, _, _ in taken}
+        if len(namespaces) > 1:
+            raise InvalidArgument(
+                f"the blocks name leases of {len(namespaces)} namespaces; commit each namespace's apart"
+            )
+        with self.store.lock:  # the caps, the session's tenant and pinned room, before anything changes
+            if session:
+                self.store.check_session_locked(session, *namespaces)
+            if pin and taken:
+                tenant = self.store.namespaces[taken[0][0].namespace].tenant
+                writes.check_quota_locked(self.store, tenant, sum(entry.size for _, _, entry in taken), 0)
         with self._lock:
             # Again: a lease may have ended while the blocks were checked without the lock.
             taken = [self._open_slot(i, lease_id, slot) for i, (lease_id, slot, _) in enumerate(blocks)]
@@ -219,11 +231,11 @@ class Leases:
                 if lease.open_slots == 0:
                     self._active.pop(lease.id, None)
                 entry.key, entry.parent, entry.meta = header.key, header.parent or None, header.meta
-        out = []
-        for lease, _, entry in taken:
-            (stored,) = self.store.add_written(lease.namespace, [(entry, entry.key)], session, pin)
-            out.append((entry.key, stored.tier if stored is not None else ""))
-        return out
+        if not taken:
+            return []
+        written = [(entry, entry.key) for _, _, entry in taken]
+        stored = self.store.add_written(taken[0][0].namespace, written, session, pin, gave_up)
+        return [(key, s.tier if s is not None else "") for (_, key), s in zip(written, stored, strict=True)]
 
     def _open_slot(self, i: int, lease_id: int, slot: int) -> tuple[Lease, int, BlockEntry]:
         """An uncommitted slot of an active lease reserved by count (caller holds the lock)."""

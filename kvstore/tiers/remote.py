@@ -170,10 +170,19 @@ class RemoteTier:
         return out
 
     def delete(self, namespace: str, keys: Sequence[bytes]) -> None:
-        """Delete blocks from Redis (a Delete of the store); while Redis is down, nothing happens."""
+        """Delete blocks from Redis (a Delete of the store, a write taken back); while Redis is
+        down, nothing happens. Writes of them still queued are dropped, and a batch being sent is
+        waited out (at most `timeout_s`), so no queued write brings a deleted block back."""
         ns = self.namespaces[namespace]
         names = [block_key(ns, key) for key in keys]
+        gone = set(keys)
         with self._cond:
+            kept = [p for p in self._queue if p.namespace != namespace or p.key not in gone]
+            for item in self._queue:
+                if item.data is not None and item.namespace == namespace and item.key in gone:
+                    self._queued_bytes -= ns.block_bytes
+            self._queue = collections.deque(kept)
+            self._cond.wait_for(lambda: not self._busy, self.link.timeout_s)
             for name in names:
                 self._forget(name)
                 self._seen.pop(name, None)
