@@ -23,10 +23,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from kvstore.errors import ResourceExhausted
 from kvstore.index import BlockEntry
-from kvstore.policy.base import Policy
+
+if TYPE_CHECKING:  # policies import sessions, which import this
+    from kvstore.policy.base import Policy
 
 
 @dataclass(frozen=True, slots=True)
