@@ -1,7 +1,5 @@
-"""Real Redis servers for tests: one standalone server, or a 3-master cluster, on free loopback ports.
-
-Each runs `redis-server` as a child with no persistence; `kill` and `start` again on the same
-port stand for an outage and a restart (the restarted server is empty, as after a crash)."""
+"""Real Redis servers for tests: one standalone server (kvstore.bench.redis_server), or a 3-master
+cluster, on free loopback ports; tests skip where redis-server is not installed."""
 
 from __future__ import annotations
 
@@ -15,7 +13,9 @@ import pytest
 import redis
 from conftest import free_port
 
-REDIS_SERVER = shutil.which("redis-server")
+from kvstore.bench import redis_server
+from kvstore.bench.redis_server import REDIS_SERVER
+
 REDIS_CLI = shutil.which("redis-cli")
 
 
@@ -38,48 +38,10 @@ def need_redis() -> None:
         pytest.skip("redis-server / redis-cli not installed (Debian package redis-server)")
 
 
-class RedisServer:
+class RedisServer(redis_server.RedisServer):
     def __init__(self, workdir: Path, port: int | None = None, cluster: bool = False) -> None:
         need_redis()
-        self.port = port or (cluster_port() if cluster else free_port())
-        self.dir = workdir / f"redis-{self.port}"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.cluster = cluster
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir)]
-        args += ["--save", "", "--appendonly", "no", "--protected-mode", "no"]
-        if self.cluster:
-            (self.dir / "nodes.conf").unlink(missing_ok=True)
-            args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_timeout=1)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise
-                time.sleep(0.02)
-        client.close()
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=2)
+        super().__init__(workdir, port or (cluster_port() if cluster else free_port()), cluster)
 
 
 class RedisCluster:

@@ -21,13 +21,14 @@ import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+import redis
+
+from kvstore.bench.redis_server import RedisMissing, RedisServer
 from kvstore.bench.report import print_table, write_json
 
 TENANT, NAMESPACE = "acme", "llama-3-8b"
@@ -35,52 +36,14 @@ TIERS = ("hbm", "dram", "disk")
 HEADER_BYTES = 23 + 32  # the block header (magic, version, lengths, size, crc32) + parent key
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _pipe(server: RedisServer, commands: bytes) -> None:
+    subprocess.run(
+        ["redis-cli", "-p", str(server.port), "--pipe"], input=commands, check=True, capture_output=True
+    )
 
 
-class RedisServer:
-    """A throwaway `redis-server` on loopback: no persistence, no eviction."""
-
-    def __init__(self) -> None:
-        if shutil.which("redis-server") is None:
-            raise SystemExit(
-                "kvstore bench redis-scale: redis-server is not installed (apt install redis-server)"
-            )
-        self.port = _free_port()
-        self.dir = tempfile.mkdtemp(prefix="kvs-redis-")
-        flags = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.dir]
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), *flags],
-            stdout=subprocess.DEVNULL,
-        )
-        import redis
-
-        self.client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def pipe(self, commands: bytes) -> None:
-        subprocess.run(
-            ["redis-cli", "-p", str(self.port), "--pipe"], input=commands, check=True, capture_output=True
-        )
-
-    def used(self) -> int:
-        return int(self.client.info("memory")["used_memory"])
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
+def _used(client: redis.Redis) -> int:
+    return int(client.info("memory")["used_memory"])
 
 
 def _resp(*args: str) -> bytes:
@@ -96,12 +59,13 @@ def _key(kind: str, i: int) -> str:
     return f"kvs:{TENANT}:{NAMESPACE}:{kind}:{i.to_bytes(32, 'big').hex()}"
 
 
-def index_entries(server: RedisServer, entries: int, holders: int, ttl: bool = True) -> dict[str, Any]:
+def index_entries(
+    server: RedisServer, r: redis.Redis, entries: int, holders: int, ttl: bool = True
+) -> dict[str, Any]:
     """Bytes per index key of `holders` fields, each a worker id and a tier, with a TTL or without
     (the expires table's entry is the difference)."""
-    r = server.client
     r.flushall()
-    before = server.used()
+    before = _used(r)
     rng = random.Random(0)
     commands = []
     for _ in range(entries):
@@ -110,8 +74,8 @@ def index_entries(server: RedisServer, entries: int, holders: int, ttl: bool = T
         commands.append(_resp("HSET", key, *fields))
         if ttl:  # the live TTL is ~300 s; an hour keeps every key alive however long the fill takes
             commands.append(_resp("EXPIRE", key, "3600"))
-    server.pipe(b"".join(commands))
-    used = server.used() - before
+    _pipe(server, b"".join(commands))
+    used = _used(r) - before
     sample = [r.randomkey() for _ in range(200)]
     usage = [r.memory_usage(k) for k in sample]
     fields = sum(r.hlen(k) for k in sample) / len(sample)  # random worker ids may collide
@@ -126,17 +90,16 @@ def index_entries(server: RedisServer, entries: int, holders: int, ttl: bool = T
     }
 
 
-def remote_blocks(server: RedisServer, payload: int, count: int, header: bool = True) -> dict[str, Any]:
+def remote_blocks(r: redis.Redis, payload: int, count: int, header: bool = True) -> dict[str, Any]:
     """Bytes Redis holds per remote block of `payload` bytes (with the header and parent key, or
     the bare payload: the allocator's size classes decide how much either costs)."""
-    r = server.client
     r.flushall()
-    before = server.used()
+    before = _used(r)
     value = os.urandom(HEADER_BYTES * header + payload)
     keys = [_key("b", i) for i in range(count)]
     for key in keys:
         r.set(key, value)
-    used = server.used() - before
+    used = _used(r) - before
     return {
         "payload": payload,
         "header": header,
@@ -147,12 +110,12 @@ def remote_blocks(server: RedisServer, payload: int, count: int, header: bool = 
     }
 
 
-def throughput(server: RedisServer, requests: int, pipeline: int) -> dict[str, float]:
+def throughput(server: RedisServer, r: redis.Redis, requests: int, pipeline: int) -> dict[str, float]:
     """Commands/s the server takes from redis-benchmark's C client over loopback (one connection per
     client, `pipeline` commands in flight): index publishes and lookups."""
     if shutil.which("redis-benchmark") is None:
         return {}
-    server.client.flushall()
+    r.flushall()
     # as long as a real key (64 hex digits); 1M distinct keys, so publishes mostly refresh entries
     # and lookups mostly hit, as they do in steady state
     key = f"kvs:{TENANT}:{NAMESPACE}:i:{'0' * 52}__rand_int__"
@@ -187,18 +150,20 @@ def throughput(server: RedisServer, requests: int, pipeline: int) -> dict[str, f
 
 
 def main(args: argparse.Namespace) -> int:
-    server = RedisServer()
     try:
-        version = server.client.info("server")["redis_version"]
-        index = [index_entries(server, n, 1) for n in args.entries]
-        largest = max(args.entries)
-        index += [index_entries(server, largest, h) for h in (2, 4)]
-        index.append(index_entries(server, largest, 1, ttl=False))
-        sizes = (256 * 1024, 2 * 2**20, 8 * 2**20)
-        blocks = [remote_blocks(server, size, args.blocks, h) for size in sizes for h in (True, False)]
-        ops = throughput(server, args.requests, args.pipeline)
-    finally:
-        server.close()
+        with tempfile.TemporaryDirectory(prefix="kvs-redis-") as tmp, RedisServer(Path(tmp)) as server:
+            r = server.client()
+            version = r.info("server")["redis_version"]
+            index = [index_entries(server, r, n, 1) for n in args.entries]
+            largest = max(args.entries)
+            index += [index_entries(server, r, largest, h) for h in (2, 4)]
+            index.append(index_entries(server, r, largest, 1, ttl=False))
+            sizes = (256 * 1024, 2 * 2**20, 8 * 2**20)
+            blocks = [remote_blocks(r, size, args.blocks, h) for size in sizes for h in (True, False)]
+            ops = throughput(server, r, args.requests, args.pipeline)
+    except RedisMissing as exc:
+        print(f"kvstore bench redis-scale: {exc}")
+        return 2
     print_table(f"global index entries (redis {version})", index)
     print_table("remote tier blocks", blocks)
     if ops:

@@ -20,18 +20,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
-import socket
-import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import redis
 
+from kvstore.bench.redis_server import RedisMissing, RedisServer
 from kvstore.bench.report import percentile, print_table, write_json
 from kvstore.bench.scenario import GB, Scenario
 from kvstore.hashing import Namespace
@@ -57,35 +53,6 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--chain", type=int, default=64, help="blocks per looked-up chain (default 64)")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to this JSON file")
     p.set_defaults(run=run)
-
-
-@contextlib.contextmanager
-def own_redis(workdir: Path) -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port, no persistence."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (apt install redis-server); or pass --redis-url")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen([*args, "--dir", str(workdir)], stdout=subprocess.DEVNULL)
-    try:
-        client = redis.Redis(port=port, socket_timeout=1)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("redis-server did not start") from None
-                time.sleep(0.05)
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def raw_copy_gbps(size: int, total: int) -> float:
@@ -188,7 +155,11 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="kvstore-bench-remote-") as tmp:
         workdir = Path(tmp)
         with contextlib.ExitStack() as stack:
-            url = args.redis_url or stack.enter_context(own_redis(workdir))
+            try:
+                url = args.redis_url or stack.enter_context(RedisServer(workdir)).url
+            except RedisMissing as exc:
+                print(f"kvstore bench remote: {exc}; or pass --redis-url")
+                return 2
             rows = []
             for size_mib in [int(s) for s in args.sizes.split(",")]:
                 figures = tier_gbps(url, size_mib, args.total_mib)
