@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -103,6 +103,25 @@ class ClientBase:
             self._segments = None
             self._attached = False
 
+    def _commit_written(self, lease_id: int, write: Callable[[], T]) -> Op[tuple[T, list[str]] | None]:
+        """Run `write` (the copies into a write lease's slots), then Commit: its result and the
+        tiers; None when the lease ran out or ended first (then nothing was stored). A write that
+        fails gives the lease back."""
+        lease = pb.LeaseRequest(lease_id=lease_id)
+        try:
+            written = write()
+        except core.LeaseRunningOut:
+            yield Rpc("Release", lease)
+            return None
+        except BaseException:
+            yield Rpc("Release", lease)
+            raise
+        try:
+            tiers = list((yield Rpc("Commit", lease)).tiers)
+        except errors.FailedPrecondition:
+            return None
+        return written, tiers
+
     def _stale(self, segments: shm.Segments, reply: Any) -> Op[bool]:
         """A lease reply naming other segments than ours (the server restarted): give the lease
         back and map the new segments on the next call."""
@@ -166,21 +185,15 @@ class ClientBase:
         started = time.monotonic()
         request, views = core.reserve_request(namespace, chain, session, pin)
         reply = yield Rpc("Reserve", request)
-        lease = pb.LeaseRequest(lease_id=reply.lease_id)
         if (yield from self._stale(segments, reply)):
             return None
-        try:
-            no_room = core.write_slots(segments, reply, views, core.lease_deadline(started, reply))
-        except core.LeaseRunningOut:
-            yield Rpc("Release", lease)
+        deadline = core.lease_deadline(started, reply)
+        done = yield from self._commit_written(
+            reply.lease_id, lambda: core.write_slots(segments, reply, views, deadline)
+        )
+        if done is None:
             return None
-        except BaseException:
-            yield Rpc("Release", lease)
-            raise
-        try:
-            tiers = list((yield Rpc("Commit", lease)).tiers)
-        except errors.FailedPrecondition:
-            return None
+        no_room, tiers = done
         if no_room:
             sent = yield from self._put_grpc(namespace, [chain[i] for i in no_room], session, pin)
             for i, tier in zip(no_room, sent, strict=True):

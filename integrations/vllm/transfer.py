@@ -27,7 +27,6 @@ import torch
 from kvstore.sdk import Client, core, shm
 from kvstore.sdk.base import Op, Rpc
 
-from kvstore.errors import FailedPrecondition
 from kvstore.v1 import kvstore_pb2 as pb
 
 
@@ -296,10 +295,10 @@ class BlockTransfer:
         headers = [pb.BlockHeader(key=k, parent=p, size=size) for k, p in zip(keys, parents, strict=True)]
         started = time.monotonic()
         reply = yield Rpc("Reserve", pb.ReserveRequest(namespace=self.namespace, blocks=headers))
-        lease = pb.LeaseRequest(lease_id=reply.lease_id)
         if (yield from self.client._stale(segments, reply)):
             return None
-        try:
+
+        def write() -> None:
             places = [(s.segment, s.offset) if s.state == pb.SLOT_WRITE else None for s in reply.slots]
             for at, first, n in _slot_runs(block_ids, places, size):
                 if time.monotonic() > core.lease_deadline(started, reply):
@@ -307,16 +306,11 @@ class BlockTransfer:
                 s = reply.slots[at]
                 view = segments.view(s.segment, s.offset, n * size)
                 self.layout.to_slots(first, torch.frombuffer(view, dtype=torch.uint8).view(n, size))
-        except core.LeaseRunningOut:
-            yield Rpc("Release", lease)
+
+        done = yield from self.client._commit_written(reply.lease_id, write)
+        if done is None:
             return None
-        except BaseException:
-            yield Rpc("Release", lease)
-            raise
-        try:
-            tiers = list((yield Rpc("Commit", lease)).tiers)
-        except FailedPrecondition:
-            return None
+        tiers = done[1]
         for i, s in enumerate(reply.slots):
             if s.state == pb.SLOT_NO_ROOM:  # rare: each on its own, with its own parent
                 tiers[i] = self._save_staged([keys[i]], [block_ids[i]], parents[i] or None)[0]
