@@ -8,7 +8,10 @@ and one every REFRESH_S, which keeps the index keys' TTL from running out under 
 The same thread heartbeats the worker record (address, load) and probes a Redis that is down.
 
 Readers (`read_views`) treat the index as a hint: an entry of a worker whose record expired is
-ignored, and the worker a request is routed to verifies with its own Lookup.
+ignored, and the worker a request is routed to verifies with its own Lookup. An entry's value is
+`tier|unix time of its publish`: Redis expires whole hashes, not fields, so a field whose removal
+was lost (a queue dropped in an outage) would live as long as other workers refresh its key;
+readers ignore fields older than INDEX_TTL_S instead (live ones are re-published every REFRESH_S).
 """
 
 from __future__ import annotations
@@ -159,7 +162,7 @@ class IndexPublisher:
             if tier is None:
                 ops.append(("hdel", name, self.worker_id))
             else:
-                ops.append(("hset", name, self.worker_id, tier))
+                ops.append(("hset", name, self.worker_id, f"{tier}|{int(time.time())}"))
                 ops.append(("expire", name, INDEX_TTL_S))
         ok = self.link.call(lambda c: _pipeline(c, ops) or True, False)
         if ok:
@@ -215,12 +218,24 @@ def read_views(link: RedisLink, ns: Namespace, keys: Sequence[bytes]) -> tuple[l
     return views, remote
 
 
-def prefix_per_tier(worker: bytes, holders: Iterable[Mapping[bytes, bytes]], remote: int) -> dict[str, int]:
+def entry_tier(value: bytes | None, now: float) -> str | None:
+    """The tier an index entry names, None when there is none or it is stale (see the docstring)."""
+    if value is None:
+        return None
+    tier, _, published = value.decode().partition("|")
+    if published and now - int(published) > INDEX_TTL_S:
+        return None
+    return tier
+
+
+def prefix_per_tier(
+    worker: bytes, holders: Iterable[Mapping[bytes, bytes]], remote: int, now: float | None = None
+) -> dict[str, int]:
     """Leading blocks of a chain a worker can serve, per tier: its own, else the remote tier's."""
+    now = time.time() if now is None else now
     out: dict[str, int] = {}
     for i, holder in enumerate(holders):
-        tier = holder.get(worker)
-        name = tier.decode() if tier is not None else ("remote" if i < remote else None)
+        name = entry_tier(holder.get(worker), now) or ("remote" if i < remote else None)
         if name is None:
             break
         out[name] = out.get(name, 0) + 1

@@ -22,7 +22,16 @@ from kvstore.hashing import Namespace
 from kvstore.kvctl import main as kvctl
 from kvstore.server.metrics import StoreCollector
 from kvstore.server.process import ServerProcess
-from kvstore.tiers.redis_layout import BadValue, block_key, decode, encode, index_key, worker_key
+from kvstore.tiers.redis_layout import (
+    INDEX_TTL_S,
+    WORKERS,
+    BadValue,
+    block_key,
+    decode,
+    encode,
+    index_key,
+    worker_key,
+)
 from kvstore.tiers.redis_link import RedisLink
 from kvstore.tiers.remote import RemoteTier
 from kvstore.v1 import kvstore_pb2 as pb
@@ -198,7 +207,20 @@ def test_route_ignores_workers_whose_record_is_gone(tmp_path: Path, fresh_redis:
             a.server.deployment.publisher._thread.join()
             fresh_redis.client().delete(worker_key("A"))  # ... and its record expires
             assert [c.worker for c in kb.route("t", keys=keys).candidates] == ["B"]
-            assert fresh_redis.client().hget(index_key(NS, keys[0]), "A") == b"hbm"  # the hint is still there
+            assert fresh_redis.client().hget(index_key(NS, keys[0]), "A").startswith(b"hbm|")  # still there
+            # A live worker's field whose removal was lost: stale after INDEX_TTL_S, ignored too
+            r = fresh_redis.client()
+            r.hset(worker_key("C"), mapping={"address": "127.0.0.1:1", "load": 0})
+            r.zadd(WORKERS, {"C": time.time()})
+            r.hset(index_key(NS, keys[0]), "C", f"dram|{int(time.time()) - INDEX_TTL_S - 1}")
+
+            def c_holds() -> dict[str, int]:
+                found = [c for c in kb.route("t", keys=keys).candidates if c.worker == "C"]
+                return dict(found[0].prefix_blocks)
+
+            assert c_holds() == {"remote": 3}  # A wrote its blocks through: every worker can read them
+            r.hset(index_key(NS, keys[0]), "C", f"dram|{int(time.time())}")
+            assert c_holds() == {"dram": 1, "remote": 2}
     finally:
         a.stop()
         b.stop()
@@ -313,7 +335,7 @@ def test_redis_killed_and_restarted_mid_run(
                     )
                 )
             r = fresh_redis.client()
-            assert wait_until(lambda: r.hget(index_key(NS, keys[0]), "A") == b"hbm")
+            assert wait_until(lambda: r.hget(index_key(NS, keys[0]), "A").startswith(b"hbm|"))
             assert wait_until(lambda: r.exists(block_key(NS, keys[7])))
             route = kb.route("t", keys=keys)
             assert route.index_used and route.candidates[0].worker == "A"
@@ -340,7 +362,9 @@ def test_redis_down_at_start_then_up(tmp_path: Path) -> None:
             late = RedisServer(tmp_path, port=port)
             try:
                 r = late.client()
-                assert wait_until(lambda: r.hget(index_key(NS, keys[1]), "A") == b"hbm")  # published
+                assert wait_until(
+                    lambda: (r.hget(index_key(NS, keys[1]), "A") or b"").startswith(b"hbm|")
+                )  # published
                 assert wait_until(lambda: r.exists(block_key(NS, keys[1])))  # the queued write-through
                 assert admin(a.address).Health(pb.HealthRequest(), timeout=5).status == "SERVING"
             finally:
