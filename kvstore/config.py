@@ -120,8 +120,10 @@ class TenantConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_bytes: dict[Literal["hbm", "dram", "disk"], ByteSize] = Field(
-        default_factory=dict, description="per tier, bytes its blocks may hold; a tier not named: no cap"
+    max_bytes: dict[Literal["hbm", "dram", "disk", "remote"], ByteSize] = Field(
+        default_factory=dict,
+        description="per tier, bytes its blocks may hold (remote: of what this worker wrote to Redis); "
+        "a tier not named: no cap",
     )
     max_sessions: int = Field(0, ge=0, description="sessions it may have open; 0: no cap")
 

@@ -47,8 +47,18 @@ class Deployment:
         assert config.url is not None
         self.store = store
         self.link = RedisLink(config.url, config.cluster, config.timeout_s)
+        caps = {
+            tenant: quota.max_bytes["remote"]
+            for tenant, quota in store.placement.quotas.limits.items()
+            if "remote" in quota.max_bytes
+        }
         self.tier = RemoteTier(
-            self.link, store.namespaces, int(config.capacity), config.write_through, store.read_local
+            self.link,
+            store.namespaces,
+            int(config.capacity),
+            config.write_through,
+            store.read_local,
+            tenant_caps=caps,
         )
         load = lambda: worker_load(store)  # noqa: E731
         self.publisher = IndexPublisher(

@@ -386,6 +386,32 @@ def test_write_queue_is_bounded_and_counts_what_it_drops() -> None:
     assert tier.offer("t", b"f" * 32, data=data(1)[0])  # its bytes no longer count against the bound
 
 
+def test_a_tenant_past_its_remote_cap_loses_its_own_blocks_not_anothers(fresh_redis: RedisServer) -> None:
+    acme = Namespace("a", "test-model", "acme", "", 4, BLOCK)
+    bolt = Namespace("b", "test-model", "bolt", "", 4, BLOCK)
+    link = RedisLink(fresh_redis.url, False, 2.0)
+    link.probe()
+    tier = RemoteTier(
+        link, {"a": acme, "b": bolt}, 6 * BLOCK, False, lambda ns, key: None, tenant_caps={"acme": 2 * BLOCK}
+    )
+    tier.start()
+    try:
+        bolts = [bytes([1, i]) * 16 for i in range(3)]
+        for key in bolts:  # bolt's blocks first: the least recently written
+            assert tier.offer("b", key, data=data(1)[0])
+        assert tier.flush()
+        acmes = [bytes([2, i]) * 16 for i in range(4)]
+        for key in acmes:
+            assert tier.offer("a", key, data=data(1)[0])
+        assert tier.flush()
+        r = fresh_redis.client()
+        assert [r.exists(block_key(bolt, k)) for k in bolts] == [1, 1, 1]  # within the worker's share
+        assert [r.exists(block_key(acme, k)) for k in acmes] == [0, 0, 1, 1]  # acme keeps its newest two
+        assert tier.stats().used == 5 * BLOCK and tier.stats().evictions == 2
+    finally:
+        tier.close()
+
+
 def test_slow_redis_costs_a_timeout_not_an_error(tmp_path: Path, fresh_redis: RedisServer) -> None:
     a = worker(tmp_path, "A", fresh_redis.url, timeout_s=0.2)
     try:

@@ -73,10 +73,16 @@ class RemoteTier:
         read_local: LocalRead,
         queue_bytes: int = 256 * 2**20,
         queue_blocks: int = 8192,
+        tenant_caps: Mapping[str, int] | None = None,
     ) -> None:
         self.link = link
         self.namespaces = namespaces
         self.capacity = capacity
+        # Per tenant (`tenants.<name>.max_bytes.remote`): past its cap a tenant's own blocks go
+        # first, so one tenant's writes never push another's out of this worker's share.
+        self.tenant_caps = dict(tenant_caps or {})
+        self._tenant_of_key: dict[str, str] = {}  # redis key -> tenant, for what this worker wrote
+        self._used_by: collections.Counter[str] = collections.Counter()
         self.write_through = write_through
         self._read_local = read_local
         self._queue_bytes = queue_bytes
@@ -240,6 +246,7 @@ class RemoteTier:
     def _write(self, batch: list[_Pending]) -> None:
         values: dict[str, bytes] = {}
         sizes: dict[str, int] = {}
+        tenants: dict[str, str] = {}
         sending: list[_Pending] = []
         for item in batch:
             ns = self.namespaces[item.namespace]
@@ -257,6 +264,7 @@ class RemoteTier:
                 item.parent, item.meta, item.data = local
             values[name] = encode(item.parent, item.meta, item.data)
             sizes[name] = ns.block_bytes
+            tenants[name] = ns.tenant
             sending.append(item)
         if not values:
             return
@@ -270,6 +278,9 @@ class RemoteTier:
             for name, size in sizes.items():
                 self._known[name] = size
                 self._used += size
+                tenant = tenants[name]
+                self._tenant_of_key[name] = tenant
+                self._used_by[tenant] += size
                 self.writes += 1
                 self.written_bytes += size
             victims = self._victims_locked()
@@ -285,8 +296,18 @@ class RemoteTier:
         return True
 
     def _victims_locked(self) -> list[str]:
-        """This worker's least recently used blocks to delete to get back within capacity."""
+        """This worker's least recently used blocks to delete to get back within capacity: first
+        those of tenants past their own cap, then anyone's."""
         victims = []
+        for tenant, cap in self.tenant_caps.items():
+            if self._used_by[tenant] <= cap:
+                continue
+            for name in [n for n in self._known if self._tenant_of_key.get(n) == tenant]:
+                if self._used_by[tenant] <= cap:
+                    break
+                victims.append(name)
+                self._forget(name)
+                self.evictions += 1
         while self._known and self._used > self.capacity:
             name = next(iter(self._known))
             victims.append(name)
@@ -298,6 +319,7 @@ class RemoteTier:
         size = self._known.pop(name, None)
         if size is not None:
             self._used -= size
+            self._used_by[self._tenant_of_key.pop(name, "")] -= size
 
     # ------------------------------------------------------------------ operators
 
