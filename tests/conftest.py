@@ -59,13 +59,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_server_loop: asyncio.AbstractEventLoop | None = None
+
+
+def server_loop() -> asyncio.AbstractEventLoop:
+    """The one event loop (in a background thread) that every in-process server of the run uses.
+    grpc.aio polls one completion queue per process: servers on loops of their own steal each
+    other's wake-ups (BlockingIOError in PollerCompletionQueue._handle_events) and calls get lost."""
+    global _server_loop
+    if _server_loop is None:
+        _server_loop = asyncio.new_event_loop()
+        threading.Thread(target=_server_loop.run_forever, name="test-servers", daemon=True).start()
+    return _server_loop
+
+
 class ThreadedServer:
-    """A KVStoreServer running on its own event loop in a background thread."""
+    """A KVStoreServer running on the tests' server loop (`server_loop`) in a background thread."""
 
     def __init__(self, settings: Settings) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
+        self.loop = server_loop()
         self.server: KVStoreServer = self._run(self._start(settings))
 
     async def _start(self, settings: Settings) -> KVStoreServer:
@@ -86,9 +98,6 @@ class ThreadedServer:
 
     def stop(self) -> None:
         self._run(self.server.stop(grace=0))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
 
 
 @pytest.fixture

@@ -439,6 +439,8 @@ def test_bad_slot_commits_change_nothing(server: ThreadedServer, stub: pb_grpc.K
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "CommitSlots" in err.value.details()
     assert used(server) == before and store_stats(server.store).blocks == 0
     assert server.server.leases.stats()["write_leases"] == 2
+    assert not stub.CommitSlots(pb.CommitSlotsRequest(session="s1")).tiers  # no blocks: nothing at all
+    assert not server.store.sessions.sessions
     stub.CommitSlots(pb.CommitSlotsRequest(blocks=[good]))  # still open: the refusals took nothing
     assert store_stats(server.store).blocks == 1
     last = pb.SlotBlock(lease_id=by_count.lease_id, slot=1, key=key_of(2))

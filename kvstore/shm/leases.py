@@ -212,6 +212,8 @@ class Leases:
         for i, ((lease, _, entry), (_, _, header)) in enumerate(zip(taken, blocks, strict=True)):
             self.store.check.block(lease.namespace, header.key, header.parent, header.meta, entry.size, i)
         namespaces = {lease.namespace for lease, _, _ in taken}
+        if not namespaces:
+            return []  # no blocks: nothing to commit (and no session opened)
         if len(namespaces) > 1:
             raise InvalidArgument(
                 f"the blocks name leases of {len(namespaces)} namespaces; commit each namespace's apart"
@@ -231,8 +233,6 @@ class Leases:
                 if lease.open_slots == 0:
                     self._active.pop(lease.id, None)
                 entry.key, entry.parent, entry.meta = header.key, header.parent or None, header.meta
-        if not taken:
-            return []
         written = [(entry, entry.key) for _, _, entry in taken]
         stored = self.store.add_written(taken[0][0].namespace, written, session, pin, gave_up)
         return [(key, s.tier if s is not None else "") for (_, key), s in zip(written, stored, strict=True)]
