@@ -39,7 +39,7 @@ from kvstore.server.auth import AuthInterceptor, Guard, check_exposure
 from kvstore.server.datadir_lock import DataDirLock
 from kvstore.server.hint_worker import HintWorker
 from kvstore.server.hints_service import AgentHintsService
-from kvstore.server.interceptors import fused
+from kvstore.server.interceptors import WrappingRegistry, fused
 from kvstore.server.kvstore_service import KVStoreService
 from kvstore.server.malformed import MalformedRequests
 from kvstore.server.metrics import serve_metrics
@@ -170,19 +170,26 @@ class KVStoreServer:
             ) from None
         # Timing first: it also counts calls the auth check refuses; malformed requests last, as
         # it wraps the deserializers every other layer reads.
-        interceptors: list[grpc.aio.ServerInterceptor] = [TimingInterceptor(self.rpc_metrics)]
+        timing, malformed = TimingInterceptor(self.rpc_metrics), MalformedRequests()
+        between: list[grpc.aio.ServerInterceptor] = []
         if s.tracing.enabled:
-            interceptors.append(tracing_interceptor("kvstore", s.tracing.otlp_endpoint))
+            between.append(tracing_interceptor("kvstore", s.tracing.otlp_endpoint))
         if self.tokens is not None:
-            interceptors.append(AuthInterceptor(self.tokens, Guard(self.store, self.leases)))
-        interceptors.append(MalformedRequests())
-        server = grpc.aio.server(options=grpc_options(s), interceptors=fused(interceptors))
-        pb_grpc.add_KVStoreServicer_to_server(KVStoreService(self.store, self.leases), server)
-        pb_grpc.add_AdminServicer_to_server(AdminService(self.store, self.leases, self.router), server)
+            between.append(AuthInterceptor(self.tokens, Guard(self.store, self.leases)))
+        if between:
+            server = grpc.aio.server(
+                options=grpc_options(s), interceptors=fused([timing, *between, malformed])
+            )
+            registry: grpc.aio.Server | WrappingRegistry = server
+        else:  # nothing must run outside them: wrapped once at registration, no per-call chain
+            server = grpc.aio.server(options=grpc_options(s))
+            registry = WrappingRegistry(server, [timing, malformed])
+        pb_grpc.add_KVStoreServicer_to_server(KVStoreService(self.store, self.leases), registry)
+        pb_grpc.add_AdminServicer_to_server(AdminService(self.store, self.leases, self.router), registry)
         self._hint_worker = HintWorker(asyncio.get_running_loop())
-        pb_grpc.add_AgentHintsServicer_to_server(AgentHintsService(self.store, self._hint_worker), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
+        pb_grpc.add_AgentHintsServicer_to_server(AgentHintsService(self.store, self._hint_worker), registry)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, registry)
+        reflection.enable_server_reflection(  # (it picks its asyncio servicer by the server's type)
             [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
         self.port = _listen(server, f"{s.host}:{s.port}", self._credentials)

@@ -3,13 +3,16 @@
 grpc.aio asks every interceptor for a handler on every call. Building wrapped handlers anew each
 time costs more than a hint's own work, so the wrapped handler is kept per method and reused while
 the handler under it is the same object (the registered one, or another cached wrapper). Each
-interceptor is also a coroutine call per RPC, so adjacent wrapping interceptors run as one
-(`fused`).
+interceptor is also a coroutine call and a continuation per RPC, so adjacent wrapping
+interceptors run as one (`fused`); and where no other interceptor has to run outside them, they
+run as no interceptor at all: `WrappingRegistry` wraps the servicers' handlers as they are
+registered (with the timing and malformed-request layers, the interceptor chain was ~12% of a
+hint's cost against a bare server).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import grpc
 
@@ -64,3 +67,40 @@ def fused(interceptors: Sequence[grpc.aio.ServerInterceptor]) -> list[grpc.aio.S
         if interceptor is not None:
             out.append(interceptor)
     return out
+
+
+class _WrappedHandlers(grpc.GenericRpcHandler):
+    """A generic handler whose method handlers come wrapped, each kept per method."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, wrap: Callable[..., grpc.RpcMethodHandler]) -> None:
+        self._inner = inner
+        self._wrap = wrap
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(details)
+        if handler is None:
+            return None
+        kept = self._wrapped.get(details.method)
+        if kept is None or kept[0] is not handler:
+            kept = self._wrapped[details.method] = (handler, self._wrap(handler, details.method))
+        return kept[1]
+
+
+class WrappingRegistry:
+    """What `add_<Service>Servicer_to_server` registers with: the server, with every handler
+    wrapped by `layers` (first = outermost) the way those interceptors would wrap it."""
+
+    def __init__(self, server: grpc.aio.Server, layers: Sequence[WrappingInterceptor]) -> None:
+        self._server = server
+        self._chain = WrappingChain(layers)
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_WrappedHandlers(h, self._chain.wrap) for h in handlers))
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self._server.add_registered_method_handlers(
+            service, {name: self._chain.wrap(h, f"/{service}/{name}") for name, h in handlers.items()}
+        )

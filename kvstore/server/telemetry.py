@@ -74,6 +74,7 @@ class RpcMetrics:
             buckets=RPC_BUCKETS,
             registry=registry,
         )
+        self._children: dict[tuple[str, str, grpc.StatusCode], Any] = {}
         Info("kvstore_build", "kvstore build and runtime", registry=registry).info(
             {
                 "version": __version__,
@@ -84,7 +85,10 @@ class RpcMetrics:
         )
 
     def observe(self, service: str, name: str, code: grpc.StatusCode, seconds: float) -> None:
-        self.seconds.labels(service, name, code.name).observe(seconds)
+        child = self._children.get((service, name, code))
+        if child is None:  # labels() validates and locks on every call: kept per series instead
+            child = self._children[(service, name, code)] = self.seconds.labels(service, name, code.name)
+        child.observe(seconds)
         if code is not grpc.StatusCode.OK:
             log.log(
                 logging.INFO if code in CLIENT_CODES else logging.WARNING,
