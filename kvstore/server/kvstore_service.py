@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import grpc
 
@@ -20,6 +21,21 @@ from kvstore.store import PutBlock, Store
 from kvstore.tiers.base import as_buffer
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+
+
+async def _while_waited_for(context: grpc.aio.ServicerContext, write: Callable[..., T], *args: Any) -> T:
+    """`write(*args, gave_up)` in a worker thread. It runs on there even when this task is
+    cancelled (the client cancelled, or its deadline passed), so it asks `gave_up` as it goes and
+    takes back what it did: a write (Put, Commit) nobody waits for stores nothing."""
+    gave_up = threading.Event()
+    context.add_done_callback(lambda _: gave_up.set())
+    try:
+        return await asyncio.to_thread(write, *args, gave_up.is_set)
+    except asyncio.CancelledError:
+        gave_up.set()
+        raise
 
 
 class KVStoreService(pb_grpc.KVStoreServicer):
@@ -46,18 +62,9 @@ class KVStoreService(pb_grpc.KVStoreServicer):
             )
             check.session(block.session)
             blocks.append(block)
-        # The store's put runs on in its worker thread even when this task is cancelled (the
-        # client cancelled, or its deadline passed): it asks `gave_up` as it goes and takes back
-        # what it did, so a Put nobody waits for stores nothing.
-        gave_up = threading.Event()
-        context.add_done_callback(lambda _: gave_up.set())
         if context.cancelled() or context.done():
             return pb.PutResponse()
-        try:
-            tiers = await asyncio.to_thread(self.store.put, blocks, gave_up.is_set)
-        except asyncio.CancelledError:
-            gave_up.set()
-            raise
+        tiers = await _while_waited_for(context, self.store.put, blocks)
         return pb.PutResponse(
             tiers=tiers, bytes=sum(len(b.data) for b, t in zip(blocks, tiers, strict=True) if t)
         )
@@ -168,13 +175,7 @@ class KVStoreService(pb_grpc.KVStoreServicer):
 
     @grpc_errors
     async def Commit(self, request: pb.LeaseRequest, context: grpc.aio.ServicerContext) -> pb.CommitResponse:
-        gave_up = threading.Event()  # as for Put: a Commit nobody waits for stores nothing
-        context.add_done_callback(lambda _: gave_up.set())
-        try:
-            stored = await asyncio.to_thread(self.leases.commit, request.lease_id, gave_up.is_set)
-        except asyncio.CancelledError:
-            gave_up.set()
-            raise
+        stored = await _while_waited_for(context, self.leases.commit, request.lease_id)
         return pb.CommitResponse(tiers=[tier for _, tier in stored])
 
     @grpc_errors
@@ -184,15 +185,9 @@ class KVStoreService(pb_grpc.KVStoreServicer):
         blocks = [
             (b.lease_id, b.slot, BlockHeader(b.key, 0, b.parent or None, b.meta)) for b in request.blocks
         ]
-        gave_up = threading.Event()  # as for Commit
-        context.add_done_callback(lambda _: gave_up.set())
-        try:
-            stored = await asyncio.to_thread(
-                self.leases.commit_slots, blocks, request.session or None, request.pin, gave_up.is_set
-            )
-        except asyncio.CancelledError:
-            gave_up.set()
-            raise
+        stored = await _while_waited_for(
+            context, self.leases.commit_slots, blocks, request.session or None, request.pin
+        )
         return pb.CommitResponse(tiers=[tier for _, tier in stored])
 
     @grpc_errors
