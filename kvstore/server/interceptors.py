@@ -16,10 +16,22 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import grpc
 
+_Kept = dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]]
+
+
+def _kept(
+    kept: _Kept, method: str, handler: grpc.RpcMethodHandler, wrap: Callable[..., grpc.RpcMethodHandler]
+) -> grpc.RpcMethodHandler:
+    """`wrap(handler, method)`, made once and reused while the handler under it is the same object."""
+    pair = kept.get(method)
+    if pair is None or pair[0] is not handler:
+        pair = kept[method] = (handler, wrap(handler, method))
+    return pair[1]
+
 
 class WrappingInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._wrapped: _Kept = {}
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         raise NotImplementedError
@@ -32,12 +44,7 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:  # an unknown method: nothing to wrap, nothing to keep
             return handler
-        kept = self._wrapped.get(details.method)
-        if kept is not None and kept[0] is handler:
-            return kept[1]
-        wrapped = self.wrap(handler, details.method)
-        self._wrapped[details.method] = (handler, wrapped)
-        return wrapped
+        return _kept(self._wrapped, details.method, handler, self.wrap)
 
 
 class WrappingChain(WrappingInterceptor):
@@ -75,16 +82,13 @@ class _WrappedHandlers(grpc.GenericRpcHandler):
     def __init__(self, inner: grpc.GenericRpcHandler, wrap: Callable[..., grpc.RpcMethodHandler]) -> None:
         self._inner = inner
         self._wrap = wrap
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._wrapped: _Kept = {}
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = self._inner.service(details)
         if handler is None:
             return None
-        kept = self._wrapped.get(details.method)
-        if kept is None or kept[0] is not handler:
-            kept = self._wrapped[details.method] = (handler, self._wrap(handler, details.method))
-        return kept[1]
+        return _kept(self._wrapped, details.method, handler, self._wrap)
 
 
 class WrappingRegistry:
