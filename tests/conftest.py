@@ -10,11 +10,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from kvstore.config import Settings
 from kvstore.server.app import KVStoreServer
+from kvstore.stats import store_stats
 from kvstore.store import Store
+from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 
 BLOCK = 4096  # bytes per block in the test namespace: capacities stay in MiB
 TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
@@ -110,6 +113,17 @@ def server(settings: Settings) -> Iterator[ThreadedServer]:
     srv = ThreadedServer(settings)
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def stub(server: ThreadedServer) -> Iterator[pb_grpc.KVStoreStub]:
+    with grpc.insecure_channel(server.address) as channel:
+        yield pb_grpc.KVStoreStub(channel)
+
+
+def used(srv: ThreadedServer) -> dict[str, int]:
+    """Bytes allocated per tier."""
+    return {t.name: t.used for t in store_stats(srv.store).tiers}
 
 
 @pytest.fixture

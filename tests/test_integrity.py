@@ -9,12 +9,11 @@ import mmap
 import os
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from conftest import BLOCK, ThreadedServer, make_settings
+from conftest import BLOCK, ThreadedServer, make_settings, used
 from kvstore.sdk import Client
 
 from kvstore.persistence import disk_tier
@@ -27,24 +26,6 @@ from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
 
 def key_of(i: int) -> bytes:
     return hashlib.blake2b(f"integrity-{i}".encode(), digest_size=32).digest()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ThreadedServer]:
-    srv = ThreadedServer(make_settings(tmp_path / "data"))
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def stub(server: ThreadedServer) -> Iterator[pb_grpc.KVStoreStub]:
-    with grpc.insecure_channel(server.address) as channel:
-        yield pb_grpc.KVStoreStub(channel)
-
-
-def used(srv: ThreadedServer) -> dict[str, int]:
-    with srv.store.lock:
-        return {t.name: t.used for t in srv.store.tiers}
 
 
 def put_on_disk(srv: ThreadedServer, stub: pb_grpc.KVStoreStub, keys: list[bytes]) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
-from conftest import BLOCK, ThreadedServer, make_settings
+from conftest import BLOCK, ThreadedServer, make_settings, used
 from kvstore.sdk import AsyncClient, Client, core, shm
 from shm_worker import block_of, key_of
 
@@ -36,16 +36,6 @@ def server(tmp_path: Path) -> Iterator[ThreadedServer]:
     srv = ThreadedServer(make_settings(tmp_path / "data", shared_memory={"lease_ttl_s": TTL}))
     yield srv
     srv.stop()
-
-
-@pytest.fixture
-def stub(server: ThreadedServer) -> Iterator[pb_grpc.KVStoreStub]:
-    with grpc.insecure_channel(server.address) as channel:
-        yield pb_grpc.KVStoreStub(channel)
-
-
-def used(srv: ThreadedServer) -> dict[str, int]:
-    return {t.name: t.used for t in store_stats(srv.store).tiers}
 
 
 def wait_for(condition, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
