@@ -151,11 +151,8 @@ class LogDistribution:
         self._table: np.ndarray | None = None
         self._built_for: tuple[int, int] = (-1, -1)
 
-    def record(self, y: float) -> None:
-        self.record_many([y])
-
     def record_many(self, ys: list[float]) -> None:
-        """Learn observations (fewer than HISTORY at once): their kernels are added in one go."""
+        """Learn observations (at most HISTORY at once): their kernels are added in one go."""
         ys = [min(max(y, float(_GRID[0])), float(_GRID[-1])) for y in ys]
         gone = []
         for y in ys:
@@ -206,9 +203,6 @@ class SessionDistribution:
         self.samples: deque[float] = deque(maxlen=SESSION_HISTORY)
         self.scale = MIN_KERNEL
         self._own = np.zeros_like(_GRID)
-
-    def record(self, y: float) -> None:
-        self.record_many([y])
 
     def record_many(self, ys: list[float]) -> None:
         self.samples.extend(ys)
@@ -397,7 +391,6 @@ class ReturnTimes:
                         dist = self.specific[kind].setdefault(key, LogDistribution(parent=self.pooled[kind]))
                     else:
                         continue
-                    for y in values[-HISTORY:]:
-                        dist.record(float(y))
+                    dist.record_many([float(y) for y in values[-HISTORY:]])
         except (OSError, ValueError, TypeError, AttributeError) as exc:
             log.warning("ignoring unreadable return-time table %s: %s", path, exc)
