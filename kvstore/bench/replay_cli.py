@@ -221,7 +221,7 @@ def _jobs(
     return jobs
 
 
-def _run_all(
+def run_all(
     jobs: list[tuple[str, str, dict[str, Any]]], paths: list[Path], total: int, cores: int, console: Console
 ) -> dict[str, tuple[dict[str, Any], list[float]]]:
     results: dict[str, tuple[dict[str, Any], list[float]]] = {}
@@ -429,13 +429,13 @@ def main(args: argparse.Namespace) -> int:
             ttl_s=args.ttl,
         )
         sweeps = {
-            "hbm": [str(TypeAdapter(ByteSize).validate_python(h)) for h in _items(args.hbm_sweep)],
-            "sigma": [float(x) for x in _items(args.sigma_sweep)],
-            "sessions": [int(x) for x in _items(args.sessions_sweep)],
+            "hbm": [str(TypeAdapter(ByteSize).validate_python(h)) for h in comma_list(args.hbm_sweep)],
+            "sigma": [float(x) for x in comma_list(args.sigma_sweep)],
+            "sessions": [int(x) for x in comma_list(args.sessions_sweep)],
         }
         if any(not 1 <= n <= 10_000 for n in sweeps["sessions"]) or any(s < 0 for s in sweeps["sigma"]):
             raise ValueError("--sessions-sweep takes counts from 1 to 10000, --sigma-sweep values >= 0")
-        scenarios = _items(args.scenarios)
+        scenarios = comma_list(args.scenarios)
         unknown = [s for s in scenarios if s not in SCENARIOS]
         if unknown or not scenarios:
             raise ValueError(f"unknown scenarios {unknown}; choose from {', '.join(SCENARIOS)}")
@@ -446,7 +446,7 @@ def main(args: argparse.Namespace) -> int:
     except (TraceError, ValidationError, ValueError) as exc:
         print(f"kvstore bench replay: {exc}", file=sys.stderr)
         return 2
-    policies = _items(args.policies)
+    policies = comma_list(args.policies)
     unknown = [p for p in policies if p not in POLICIES]
     if unknown or not policies:
         print(
@@ -468,7 +468,7 @@ def main(args: argparse.Namespace) -> int:
             return 2
     base = scenario.model_dump()
     jobs = _jobs(args, base, policies, scenarios, sweeps)
-    total = sum(len(s.requests) for t in traces for s in _all_sessions(t))
+    total = sum(len(s.requests) for t in traces for s in all_sessions(t))
     console.print(f"[bold]scenario[/bold] {json.dumps(scenario.describe())}")
     console.print(
         f"[bold]traces[/bold] {len(traces)} files, {total} requests; {len(jobs)} runs on {args.jobs} cores"
@@ -476,7 +476,7 @@ def main(args: argparse.Namespace) -> int:
     for note in notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     try:
-        results = _run_all(jobs, paths, total, args.jobs, console)
+        results = run_all(jobs, paths, total, args.jobs, console)
     except ScenarioError as exc:
         print(f"kvstore bench replay: {exc}", file=sys.stderr)
         return 2
@@ -524,11 +524,11 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _items(text: str) -> list[str]:
+def comma_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def _all_sessions(trace: Trace) -> list:
+def all_sessions(trace: Trace) -> list:
     out, stack = [], list(trace.sessions)
     while stack:
         s = stack.pop()

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from kvstore.bench.replay import POLICIES, ScenarioError
-from kvstore.bench.replay_cli import Report, _all_sessions, _items, _run_all
+from kvstore.bench.replay_cli import Report, all_sessions, comma_list, run_all
 from kvstore.bench.route import ROUTERS
 from kvstore.bench.scenario import Scenario
 from kvstore.bench.traces import TraceError, expand, read_trace
@@ -78,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         paths = expand(args.traces)
         traces = [read_trace(p) for p in paths]
-        routers = _items(args.routers)
+        routers = comma_list(args.routers)
         unknown = [r for r in routers if r not in ROUTERS]
         if unknown or not routers:
             raise ValueError(f"unknown routers {unknown}; choose from {', '.join(ROUTERS)}")
@@ -102,13 +102,13 @@ def main(args: argparse.Namespace) -> int:
         return 2
     base = scenario.model_dump()
     jobs = _jobs(routers, args.policy, base)
-    total = sum(len(s.requests) for t in traces for s in _all_sessions(t))
+    total = sum(len(s.requests) for t in traces for s in all_sessions(t))
     console.print(f"[bold]scenario[/bold] {json.dumps(scenario.describe())}")
     console.print(
         f"[bold]traces[/bold] {len(traces)} files, {total} requests; {len(jobs)} runs on {args.jobs} cores"
     )
     try:
-        results = _run_all(jobs, paths, total, args.jobs, console)
+        results = run_all(jobs, paths, total, args.jobs, console)
     except ScenarioError as exc:
         print(f"kvstore bench route: {exc}", file=sys.stderr)
         return 2
