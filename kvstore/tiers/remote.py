@@ -183,11 +183,13 @@ class RemoteTier:
         names = [block_key(ns, key) for key in keys]
         gone = set(keys)
         with self._cond:
-            kept = [p for p in self._queue if p.namespace != namespace or p.key not in gone]
+            kept: collections.deque[_Pending] = collections.deque()
             for item in self._queue:
-                if item.data is not None and item.namespace == namespace and item.key in gone:
+                if item.namespace != namespace or item.key not in gone:
+                    kept.append(item)
+                elif item.data is not None:  # its bytes no longer count against the queue's bound
                     self._queued_bytes -= ns.block_bytes
-            self._queue = collections.deque(kept)
+            self._queue = kept
             self._cond.wait_for(lambda: not self._busy, self.link.timeout_s)
             for name in names:
                 self._forget(name)
