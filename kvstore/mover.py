@@ -18,14 +18,15 @@ import itertools
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from kvstore.index import BlockEntry
 from kvstore.plans import Plan, PlanKind
-from kvstore.tiers.base import Tier
+from kvstore.tiers.base import CorruptBlock, Tier, WriteFailed
+from kvstore.tiers.memory import MemoryTier
 
 # Among plans due at once, lower runs first: pins and releases, then swaps, checks, offloads.
 PRIORITY = {
@@ -36,6 +37,8 @@ PRIORITY = {
     PlanKind.CHECK: 10,
     PlanKind.OFFLOAD: 30,
 }
+# One copy of a move: source tier, block, its reserved slot in the destination, its bytes if read.
+Copy = tuple[Tier, BlockEntry, BlockEntry, Any]
 MEASURED_AFTER = 64 * 2**20  # a link's measured speed is trusted after this many bytes
 # Woken by a plan pushed for now, the mover waits this long for the plans that follow it (a burst
 # of hints) before running them: one wake-up for the burst. Plans run seconds ahead; this is noise.
@@ -181,6 +184,23 @@ class LinkStats:
         return self.bytes / self.seconds if self.seconds > 0 else None
 
 
+@dataclass(slots=True)
+class Run:
+    """Memory blocks whose slots lie end to end in their source tier and in the destination."""
+
+    src: MemoryTier
+    src_start: int
+    dst_start: int
+    size: int
+
+    def continued_by(self, src: Tier, entry: BlockEntry, staged: BlockEntry) -> bool:
+        return (
+            src is self.src
+            and entry.location == self.src_start + self.size
+            and staged.location == self.dst_start + self.size
+        )
+
+
 class Links:
     """Bytes/s between two tiers: fixed (a scenario's), else measured, else a default."""
 
@@ -223,6 +243,30 @@ class Copier:
         self.write(dst, staged, data)
         self.links.count(src.name, dst.name, entry.size, time.perf_counter() - started)
 
+    def copy_many(self, copies: Sequence[Copy], dst: Tier) -> list[Exception | None]:
+        """Make each copy into `dst`, as `copy`; returns, per copy, the CorruptBlock or
+        WriteFailed it raised, or None (other errors propagate). Between memory tiers, blocks whose
+        slots lie end to end in both tiers are copied as one run: one copy, not one per block."""
+        failures: list[Exception | None] = [None] * len(copies)
+        runs: list[Run] = []
+        for i, (src, entry, staged, data) in enumerate(copies):
+            if data is None and isinstance(src, MemoryTier) and isinstance(dst, MemoryTier):
+                if runs and runs[-1].continued_by(src, entry, staged):
+                    runs[-1].size += entry.size
+                else:
+                    runs.append(Run(src, entry.location, staged.location, entry.size))
+                continue
+            try:
+                self.copy(src, entry, dst, staged, data)
+            except (CorruptBlock, WriteFailed) as failure:
+                failures[i] = failure
+        for run in runs:
+            started = time.perf_counter()
+            data = run.src.span(run.src_start, run.size)
+            self._to_memory(dst, data, dst.write_span, run.dst_start, run.size, data)
+            self.links.count(run.src.name, dst.name, run.size, time.perf_counter() - started)
+        return failures
+
     def read(self, tier: Tier, entry: BlockEntry) -> Any:
         """The block's bytes (a view into a memory tier's buffer, valid while the slot is held)."""
         if tier.on_disk:
@@ -238,20 +282,22 @@ class Copier:
     def write(self, tier: Tier, entry: BlockEntry, data: Any) -> None:
         if tier.on_disk:
             self._io.submit(tier.write, entry, data).result()
-        elif tier.device.startswith("cuda") or getattr(data, "is_cuda", False):
-            self._write_on_stream(tier, entry, data)
         else:
-            tier.write(entry, data)
+            self._to_memory(tier, data, tier.write, entry, data)
 
-    def _write_on_stream(self, tier: Tier, entry: BlockEntry, data: Any) -> None:
-        """HBM <-> DRAM on a stream of its own, so a move never queues behind the engine's kernels;
-        an event says when the bytes have landed (pinned host memory makes the copy asynchronous)."""
+    def _to_memory(self, tier: Tier, data: Any, write: Callable[..., None], *args: Any) -> None:
+        """Run `write(*args, non_blocking=...)`, which copies `data` into a memory tier. HBM <->
+        DRAM runs on a stream of its own, so a move never queues behind the engine's kernels; an
+        event says when the bytes have landed (pinned host memory makes the copy asynchronous)."""
+        if not (tier.device.startswith("cuda") or getattr(data, "is_cuda", False)):
+            write(*args, non_blocking=False)
+            return
         import torch
 
         if self._stream is None:
             self._stream = torch.cuda.Stream()
         with torch.cuda.stream(self._stream):
-            tier.write(entry, data, non_blocking=True)
+            write(*args, non_blocking=True)
             done = torch.cuda.Event()
             done.record(self._stream)
         done.synchronize()

@@ -52,4 +52,4 @@ def flush(store: Store) -> int:
     with store.lock:
         memory = sorted((e for e in store.index.entries() if e.tier != disk.name), key=lambda e: e.last_use)
     level = store.tiers.index(disk)
-    return sum(1 for e in memory if store.placement.move(e, level) is Moved.DONE)
+    return store.placement.move_many(memory, level).count(Moved.DONE)

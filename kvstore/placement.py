@@ -35,6 +35,10 @@ from kvstore.tiers.base import CorruptBlock, Tier, WriteFailed, checksum
 
 log = logging.getLogger(__name__)
 
+# Blocks a move claims in one pass of the lock (and switches in one more): the lock is held for
+# this many blocks' bookkeeping at most, tens of microseconds each.
+GROUP_BLOCKS = 32
+
 
 @dataclass
 class StoreView:
@@ -201,24 +205,29 @@ class Placement:
             victims = self.claim_victims_locked(level, nbytes, below)
         if victims is None:
             return False
-        for victim in victims:
-            self.push_down(victim, level)
+        self.push_down(victims, level)
         return True
 
-    def push_down(self, victim: BlockEntry, level: int) -> None:
-        """Move a claimed victim from tiers[level] one tier down (making room there the same way);
-        drop it when there is no tier or no room below. A victim that gained a reader stays."""
-        outcome = self.move(victim, level + 1, claimed=True) if level + 1 < len(self.tiers) else Moved.NO_ROOM
-        if outcome is Moved.NO_ROOM:
-            on_dropped = self.on_dropped
-            if on_dropped is not None:  # claimed (moving): nobody frees it while it is read
+    def push_down(self, victims: Sequence[BlockEntry], level: int) -> None:
+        """Move claimed victims from tiers[level] one tier down (making room there the same way);
+        drop those with no tier or no room below. A victim that gained a reader stays."""
+        if level + 1 < len(self.tiers):
+            outcomes = self.move_many(victims, level + 1, claimed=True)
+        else:
+            outcomes = [Moved.NO_ROOM] * len(victims)
+        dropped = [v for v, outcome in zip(victims, outcomes, strict=True) if outcome is Moved.NO_ROOM]
+        on_dropped = self.on_dropped
+        if on_dropped is not None:  # claimed (moving): nobody frees them while they are read
+            for victim in dropped:
                 data = self.read(victim)
                 if data is not None:
                     on_dropped(victim, data)
+        if dropped:
             with self.lock:
-                victim.moving = False
-                if self.held_locked(victim) and victim.movable:
-                    self.drop_locked(victim)
+                for victim in dropped:
+                    victim.moving = False
+                    if self.held_locked(victim) and victim.movable:
+                        self.drop_locked(victim)
 
     def move(
         self,
@@ -229,63 +238,133 @@ class Placement:
         pin: bool = False,
         claimed: bool = False,
     ) -> Moved:
-        """Move `entry` to tiers[level], making room there first (`below`: pushing out only blocks
-        the policy scores under it). `data`: its bytes, when the caller read them already; `pin`:
-        pin it as it lands; `claimed`: the caller marked it moving (a victim)."""
+        """Move `entry` to tiers[level]; `data`: its bytes, when the caller read them already.
+        The rest as `move_many`."""
+        return self.move_many([entry], level, below, pin, claimed, None if data is None else [data])[0]
+
+    def move_many(
+        self,
+        entries: Sequence[BlockEntry],
+        level: int,
+        below: float | None = None,
+        pin: bool = False,
+        claimed: bool = False,
+        data: Sequence[Any] | None = None,
+    ) -> list[Moved]:
+        """Move blocks to tiers[level], in order, making room there as needed (`below`: pushing
+        out only blocks the policy scores under it); returns each one's outcome. `pin`: pin each
+        as it lands; `claimed`: the caller marked them moving (victims); `data`: their bytes, when
+        the caller read them already.
+
+        Blocks that fit are claimed in groups of up to GROUP_BLOCKS in one pass of the lock,
+        copied together (blocks whose slots lie end to end in both tiers in one copy: on a busy
+        host, each copy's return waits for the GIL) and switched in one more pass. A block that
+        needs room ends its group; its victim is chosen once the group has landed, as if the
+        blocks had moved one by one."""
         dst = self.tiers[level]
-        while True:
+        outcomes: list[Moved | None] = [None] * len(entries)
+        pos = 0
+        while pos < len(entries):
+            group: list[tuple[int, Tier, BlockEntry]] = []
+            victim = None
             with self.lock:
-                if not self.held_locked(entry):
-                    entry.moving = entry.moving and not claimed
-                    return Moved.GONE
-                if entry.tier == dst.name or (not claimed and not entry.movable):
-                    if claimed:
-                        entry.moving = False
-                    return Moved.DONE if entry.tier == dst.name else Moved.BUSY
-                if not dst.writable:  # its writes fail (a full disk): no room there for now
-                    return Moved.NO_ROOM  # a claimed entry stays marked: the caller decides
-                staged = entry.staged(dst.name)
-                fits = self.could_fit_locked(entry, dst)
-                if fits and self.allocate_locked(dst, staged):
-                    entry.moving = True
-                    src = self.tier_by_name[entry.tier]
-                    break
-                victim = self.victim_locked(staged, dst, below) if fits else None
-                if victim is None:
-                    if claimed:
-                        entry.moving = True  # still ours: the caller decides
-                    return Moved.NO_ROOM
-                victim.moving = True
-            self.push_down(victim, level)
-        try:
-            self.copier.copy(src, entry, dst, staged, data)
-        except CorruptBlock:
-            with self.lock:
-                self.free_locked(dst, staged)
-                entry.moving = False
-                if self.held_locked(entry):
-                    self.drop_locked(entry)
+                while pos < len(entries) and len(group) < GROUP_BLOCKS:
+                    claim = self._claim_locked(entries[pos], dst, below, claimed, first=not group)
+                    if claim is None:
+                        break  # it needs room: after this group has landed
+                    if isinstance(claim, Moved):
+                        outcomes[pos] = claim
+                    elif isinstance(claim, BlockEntry):
+                        victim = claim
+                        break
+                    else:
+                        group.append((pos, *claim))
+                    pos += 1
+            for i, outcome in self._land(group, entries, dst, pin, claimed, data):
+                outcomes[i] = outcome
+            if victim is not None:
+                self.push_down([victim], level)
+        return outcomes  # type: ignore[return-value]
+
+    def _claim_locked(
+        self, entry: BlockEntry, dst: Tier, below: float | None, claimed: bool, first: bool
+    ) -> Moved | BlockEntry | tuple[Tier, BlockEntry] | None:
+        """Under the lock, one block of a move: its outcome when it needs no copy (or cannot
+        move); its source tier and reserved destination, marked moving; else a victim to push out
+        of `dst` first (claimed) — or None when it is not the `first` of its group, whose blocks
+        must land before a victim is chosen."""
+        if not self.held_locked(entry):
+            entry.moving = entry.moving and not claimed
             return Moved.GONE
-        except WriteFailed:
-            with self.lock:
-                self.free_locked(dst, staged)
-                entry.moving = claimed  # a claimed victim stays ours: push_down drops it
+        if entry.tier == dst.name or (not claimed and not entry.movable):
+            if claimed:
+                entry.moving = False
+            return Moved.DONE if entry.tier == dst.name else Moved.BUSY
+        if not dst.writable:  # its writes fail (a full disk): no room there for now
+            return Moved.NO_ROOM  # a claimed entry stays marked: the caller decides
+        staged = entry.staged(dst.name)
+        fits = self.could_fit_locked(entry, dst)
+        if fits and self.allocate_locked(dst, staged):
+            entry.moving = True
+            return self.tier_by_name[entry.tier], staged
+        if not first:
+            return None
+        victim = self.victim_locked(staged, dst, below) if fits else None
+        if victim is None:
+            if claimed:
+                entry.moving = True  # still ours: the caller decides
             return Moved.NO_ROOM
+        victim.moving = True
+        return victim
+
+    def _land(
+        self,
+        group: list[tuple[int, Tier, BlockEntry]],
+        entries: Sequence[BlockEntry],
+        dst: Tier,
+        pin: bool,
+        claimed: bool,
+        data: Sequence[Any] | None,
+    ) -> list[tuple[int, Moved]]:
+        """Copy a claimed group's bytes (off the lock), then, in one pass of the lock, switch each
+        block to its new slot — or give the slot back: a block that gained a reader or a pin
+        meanwhile stays where it was, one whose bytes were corrupt is dropped."""
+        if not group:
+            return []
+        copies = [(src, entries[i], staged, None if data is None else data[i]) for i, src, staged in group]
+        try:
+            failures = self.copier.copy_many(copies, dst)
         except BaseException:
             with self.lock:
-                self.free_locked(dst, staged)
-                entry.moving = False
+                for i, _, staged in group:
+                    self.free_locked(dst, staged)
+                    entries[i].moving = False
             raise
+        landed = []
         with self.lock:
-            entry.moving = False
-            lower = self.levels[dst.name] > self.levels[src.name]
-            if not self.held_locked(entry) or entry.readers or (entry.pins and lower):
-                self.free_locked(dst, staged)
-                return Moved.BUSY
-            self._switch_locked(entry, src, staged)
-            if pin:
-                self.pin_locked(entry)
-        return Moved.DONE
+            for (i, src, staged), failure in zip(group, failures, strict=True):
+                entry = entries[i]
+                entry.moving = False
+                if failure is not None:
+                    self.free_locked(dst, staged)
+                    if isinstance(failure, CorruptBlock):
+                        if self.held_locked(entry):
+                            self.drop_locked(entry)
+                        landed.append((i, Moved.GONE))
+                    else:  # WriteFailed: a claimed victim stays ours: push_down drops it
+                        entry.moving = claimed
+                        landed.append((i, Moved.NO_ROOM))
+                    continue
+                lower = self.levels[dst.name] > self.levels[src.name]
+                if not self.held_locked(entry) or entry.readers or (entry.pins and lower):
+                    self.free_locked(dst, staged)
+                    landed.append((i, Moved.BUSY))
+                    continue
+                self._switch_locked(entry, src, staged)
+                if pin:
+                    self.pin_locked(entry)
+                landed.append((i, Moved.DONE))
+        return landed
 
     def place(self, entry: BlockEntry, data: Any) -> BlockEntry | None:
         """Store a new block in the fastest tier that has or can make room: its bytes go into a
@@ -329,21 +408,27 @@ class Placement:
                     entry.tier = ""
                     return False
                 victim.moving = True
-            self.push_down(victim, level)
+            self.push_down([victim], level)
 
-    def evict(self, entry: BlockEntry, drop: bool = False) -> bool:
-        """Move a block one tier down, or out (`drop`, or from the bottom tier). False if it is
-        busy (pinned, read or moving)."""
+    def evict(self, entries: Sequence[BlockEntry], drop: bool = False) -> list[BlockEntry]:
+        """Move blocks one tier down, or out (`drop`, or from the bottom tier); returns those that
+        left their tier (not the busy ones: pinned, read or moving)."""
+        by_level: dict[int, list[BlockEntry]] = {}
+        left = []
         with self.lock:
-            if not self.held_locked(entry) or not entry.movable:
-                return False
-            level = self.levels[entry.tier]
-            if drop or level + 1 == len(self.tiers):
-                self.drop_locked(entry)
-                return True
-            entry.moving = True
-        self.push_down(entry, level)
-        return True
+            for entry in entries:
+                if not self.held_locked(entry) or not entry.movable:
+                    continue
+                left.append(entry)
+                level = self.levels[entry.tier]
+                if drop or level + 1 == len(self.tiers):
+                    self.drop_locked(entry)
+                else:
+                    entry.moving = True
+                    by_level.setdefault(level, []).append(entry)
+        for level, claimed in by_level.items():
+            self.push_down(claimed, level)
+        return left
 
     def read(self, entry: BlockEntry) -> bytes | None:
         """The bytes of a block the caller holds a reader count on; a block whose bytes fail their

@@ -324,9 +324,9 @@ class Store:
                     placement.pin_locked(entry)  # held first, so making room for the rest cannot push it out
             away = [e for e in entries if e.tier != top and e.movable]
         placement.make_room(0, sum(e.size for e in away))  # one pass of victims for the whole chain
-        for entry in away:
-            src = entry.tier
-            if placement.move(entry, 0, pin=pin) is Moved.DONE:
+        sources = [e.tier for e in away]
+        for entry, src, outcome in zip(away, sources, placement.move_many(away, 0, pin=pin), strict=True):
+            if outcome is Moved.DONE:
                 result.moved[src] = result.moved.get(src, 0) + entry.size
         if pin:
             with self.lock:
@@ -453,7 +453,7 @@ class Store:
                 raise InvalidArgument("bytes must be > 0 when evicting from a tier")
             with self.lock:
                 entries = self.policy.victims(tier, nbytes) or list(e for e, _ in self.policy.order(tier))
-        left = [e for e in entries if self.placement.evict(e, drop)]
+        left = self.placement.evict(entries, drop)
         nbytes = sum(e.size for e in left)
         log.info(
             "%s %d blocks (%d bytes) on request",

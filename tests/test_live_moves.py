@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -16,7 +16,7 @@ from kvstore.sdk import AgentSession, Client
 
 from kvstore.errors import FailedPrecondition
 from kvstore.index import BlockEntry
-from kvstore.mover import Copier
+from kvstore.mover import Copier, Copy
 from kvstore.tiers.base import Tier
 from kvstore.v1 import kvstore_pb2 as pb
 from kvstore.v1 import kvstore_pb2_grpc as pb_grpc
@@ -34,13 +34,13 @@ class ParkingCopier(Copier):
         self.gate = threading.Event()
         self.moving: BlockEntry | None = None
 
-    def copy(self, src: Tier, entry: BlockEntry, dst: Tier, staged: BlockEntry, data: Any = None) -> None:
+    def copy_many(self, copies: Sequence[Copy], dst: Tier) -> list[Exception | None]:
         if self.armed:
             self.armed = False
-            self.moving = entry
+            self.moving = copies[0][1]
             self.parked.set()
             assert self.gate.wait(30), "the test never opened the gate"
-        super().copy(src, entry, dst, staged, data)
+        return super().copy_many(copies, dst)
 
 
 @pytest.fixture

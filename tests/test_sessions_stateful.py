@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -27,7 +28,7 @@ from kvstore.errors import FailedPrecondition, KVStoreError
 from kvstore.hashing import Namespace
 from kvstore.hints import Hints
 from kvstore.index import BlockEntry
-from kvstore.mover import Copier, Links
+from kvstore.mover import Copier, Copy, Links
 from kvstore.store import PutBlock
 from kvstore.tiers.base import Tier
 from kvstore.tiers.memory import MemoryTier
@@ -67,16 +68,17 @@ class GatedCopier(Copier):
         self.in_flight: dict[str, int] = {}  # destination tier -> bytes reserved by parked copies
         self.moving: BlockEntry | None = None
 
-    def copy(self, src: Tier, entry: BlockEntry, dst: Tier, staged: BlockEntry, data: Any = None) -> None:
+    def copy_many(self, copies: Sequence[Copy], dst: Tier) -> list[Exception | None]:
         if threading.current_thread() is self.background:
-            self.in_flight[dst.name] = self.in_flight.get(dst.name, 0) + staged.size
-            self.moving = entry
+            reserved = sum(staged.size for _, _, staged, _ in copies)
+            self.in_flight[dst.name] = self.in_flight.get(dst.name, 0) + reserved
+            self.moving = copies[0][1]
             self.parked.set()
             opened = self.gate.wait(GATE_S)
-            self.in_flight[dst.name] -= staged.size
+            self.in_flight[dst.name] -= reserved
             self.moving = None
             assert opened, "a parked copy was never released"
-        super().copy(src, entry, dst, staged, data)
+        return super().copy_many(copies, dst)
 
 
 class SessionsMachine(RuleBasedStateMachine):

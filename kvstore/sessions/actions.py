@@ -86,16 +86,15 @@ class SessionActions:
             victims = placement.claim_victims_locked(level, sum(e.size for e in away), below)
         if victims is None:
             return 0
-        for victim in victims:
-            placement.push_down(victim, level)
+        placement.push_down(victims, level)
         now = placement.clock.now()
         moved, seconds = 0, 0.0
-        for entry in sorted(away, key=lambda e: placement.levels[e.tier]):
-            src = entry.tier
-            if placement.move(entry, level, below) is not Moved.DONE:
-                continue
-            moved += entry.size
-            seconds += entry.size / placement.view.link_bandwidth(src, dst.name)
+        away.sort(key=lambda e: placement.levels[e.tier])
+        sources = [e.tier for e in away]
+        for entry, src, outcome in zip(away, sources, placement.move_many(away, level, below), strict=True):
+            if outcome is Moved.DONE:
+                moved += entry.size
+                seconds += entry.size / placement.view.link_bandwidth(src, dst.name)
         if level == 0 and moved:
             with placement.lock:
                 session.prefetched.update(e for e in away if e.tier == dst.name)
@@ -133,7 +132,8 @@ class SessionActions:
                 if e.movable
                 and not any(sessions[s].state is State.RUNNING for s in e.sessions or () if s != session.id)
             ]
-        return sum(e.size for e in leaving if placement.move(e, 1) is Moved.DONE)
+        outcomes = placement.move_many(leaving, 1)
+        return sum(e.size for e, outcome in zip(leaving, outcomes, strict=True) if outcome is Moved.DONE)
 
     def pin_fanout(self, session: Session, fanout_id: str) -> int:
         """Load the session's prefix into the top tier once and pin it while the branches run."""

@@ -69,26 +69,34 @@ class MemoryTier(Tier):
         self._alloc.free(entry.location)
 
     def write(self, entry: BlockEntry, data: Any, non_blocking: bool = False) -> None:
-        start, end = entry.location, entry.location + entry.size
+        self.write_span(entry.location, entry.size, data, non_blocking)
+
+    def write_span(self, start: int, size: int, data: Any, non_blocking: bool = False) -> None:
+        """Store `size` bytes of `data` at `start`: one block's slot, or a run of slots end to end."""
+        end = start + size
         if isinstance(data, torch.Tensor) and data.device.type == "cpu" and self._host is not None:
             # Host to host (a move between host tiers): one memcpy on this thread, GIL released.
             # torch's copy_ would split the block over its intra-op threads, which on a busy host
             # wait for a core (and spin while they wait, taking it from request handling): the
             # stall bench measured it at a fifth of a plain copy's speed on 2 cores.
             src = data.detach().reshape(-1).view(torch.uint8).numpy()
-            self._host[start:end] = src[: entry.size]
+            self._host[start:end] = src[:size]
         elif isinstance(data, torch.Tensor):
             self._buf[start:end].copy_(data.reshape(-1).view(torch.uint8), non_blocking=non_blocking)
         elif self._host is not None:
-            self._host[start:end] = np.frombuffer(as_buffer(data), dtype=np.uint8, count=entry.size)
+            self._host[start:end] = np.frombuffer(as_buffer(data), dtype=np.uint8, count=size)
         else:
             with warnings.catch_warnings():  # read-only source buffers are fine: we only read them
                 warnings.simplefilter("ignore", UserWarning)
-                src = torch.frombuffer(as_buffer(data), dtype=torch.uint8, count=entry.size)
+                src = torch.frombuffer(as_buffer(data), dtype=torch.uint8, count=size)
             self._buf[start:end].copy_(src)
 
     def read(self, entry: BlockEntry) -> torch.Tensor:
-        return self._buf[entry.location : entry.location + entry.size]
+        return self.span(entry.location, entry.size)
+
+    def span(self, start: int, size: int) -> torch.Tensor:
+        """A view of `size` bytes at `start` (valid while the slots under it are held)."""
+        return self._buf[start : start + size]
 
     def read_bytes(self, entry: BlockEntry) -> bytes:
         if self._host is not None:
