@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
 from pathlib import Path
 
@@ -28,7 +29,14 @@ def test_metrics_carry_rpc_latencies_by_code_and_build_info(tmp_path: Path) -> N
             kv.lookup("t", keys=[bytes(32)])
             with pytest.raises(Exception, match="not configured"):
                 kv.lookup("nope", keys=[bytes(32)])
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        # An aborted call's status goes out before its handler returns and is timed: the client can
+        # see the error a moment before the server has counted it.
+        deadline = time.monotonic() + 10
+        while True:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            if 'code="NOT_FOUND"' in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
     finally:
         srv.stop()
     assert 'kvstore_rpc_duration_seconds_count{code="OK",method="Lookup",service="KVStore"} 1.0' in text
