@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -324,6 +325,11 @@ async def serve(settings: Settings) -> None:
     except BaseException:
         await asyncio.to_thread(server.store.close)  # shared segments go, not leak past exit
         raise
+    # What exists now (imports, torch, the restored index: ~200k objects) lives as long as the
+    # process. Frozen, it is no longer walked by every full collection, which hint traffic
+    # triggers every few seconds: measured at ~35 us of server CPU per hint before, ~5 us after.
+    gc.collect()
+    gc.freeze()
     print(f"kvstore listening on {server.address}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
