@@ -12,7 +12,7 @@ its source and is neither movable nor evictable), so a Lookup waits at most one 
 bookkeeping. The server calls these methods off its event loop (`asyncio.to_thread`; hints on the
 hint worker's thread); nothing on the loop takes the lock. Checks live in `validation`, restart
 and shutdown in `persistence`, operators' views in `stats`, the put path and its rollback in
-`writes`.
+`writes`, the read path and its read-through to the remote tier in `reads`.
 """
 
 from __future__ import annotations
@@ -23,21 +23,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kvstore import writes
-from kvstore.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    KVStoreError,
-    NotFound,
-    shorten,
-)
+from kvstore import reads, writes
+from kvstore.errors import FailedPrecondition, InvalidArgument, NotFound, shorten
 from kvstore.hashing import Namespace
 from kvstore.index import BlockEntry, PrefixMatch
 from kvstore.placement import Moved, Placement
 from kvstore.sessions import Session
 from kvstore.sessions.actions import SessionActions
 from kvstore.tenancy import check_tenant
-from kvstore.tiers.base import checksum
 from kvstore.tiers.remote import RemoteTier
 from kvstore.validation import Checks, Limits
 
@@ -53,18 +46,6 @@ class PutBlock:
     meta: bytes = b""
     session: str | None = None
     pin: bool = False
-
-
-@dataclass(slots=True)
-class Read:
-    """One block read: its bytes, or (`held`) the block itself, left in its shared-memory slot with a
-    reader count the caller must give back (`Store.release`)."""
-
-    key: bytes
-    meta: bytes
-    tier: str
-    data: bytes | None = None
-    held: BlockEntry | None = None
 
 
 @dataclass(slots=True)
@@ -160,138 +141,22 @@ class Store:
         session: str | None = None,
         stop_at_miss: bool = False,
         hold: frozenset[str] = frozenset(),
-    ) -> list[Read | None]:
+    ) -> list[reads.Read | None]:
         """Read blocks (Get, and Acquire's read loop): a block in a tier named in `hold` stays in
         its slot with a reader count the caller gives back with `release`; the others' bytes are
         copied out without the lock. Counts hits and misses, and may promote what was read."""
-        self.check.namespace(namespace)
-        self.check.keys(keys)
-        self.check.session(session)
-        placement = self.placement
-        with self.lock:
-            if session:
-                self.check_session_locked(session, namespace)
-            blocks = self.index.blocks(namespace)
-            found: list[BlockEntry | None] = []
-            for key in keys:
-                entry = blocks.get(key)
-                found.append(entry)
-                if entry is None and stop_at_miss:
-                    break
-            # What would be copied out, repeats included (blocks held in their slots cost nothing).
-            self.check.get_bytes(sum(e.size for e in found if e is not None and e.tier not in hold))
-            for entry in found:
-                if entry is not None:
-                    entry.readers += 1  # nothing frees or moves it while it is read
-        out: list[Read | None] = []
-        for key, entry in zip(keys, found, strict=False):
-            if entry is not None and entry.tier in hold:
-                out.append(Read(key, entry.meta, entry.tier, held=entry))
-                continue
-            data = placement.read(entry) if entry is not None else None
-            out.append(None if data is None else Read(key, entry.meta, entry.tier, data=data))  # type: ignore[union-attr]
-            if data is None and stop_at_miss:
-                break
-        fetched = self._read_remote(namespace, keys, found, out, stop_at_miss)
-        promote: list[tuple[BlockEntry, bytes | None]] = []
-        with self.lock:
-            for i, entry in enumerate(found):
-                read = out[i] if i < len(out) else None
-                if entry is not None and (read is None or read.held is None):
-                    entry.readers -= 1
-            now = self.clock.now()
-            try:  # checked again (PermissionDenied): the session may have changed hands meanwhile
-                active = self.active_session_locked(session, namespace, now) if session else None
-            except KVStoreError:  # the caller gets no reads to release: give back the held ones
-                for read in out:
-                    if read is not None and read.held is not None:
-                        read.held.readers -= 1
-                raise
-            for i, entry in enumerate(found):
-                read = out[i] if i < len(out) else None
-                if i >= len(out):
-                    continue  # after a stop: neither a hit nor a miss
-                if read is None:
-                    self.misses += 1
-                elif entry is not None and self._served_locked(entry, active, now) and read.held is None:
-                    promote.append((entry, read.data))
-        for entry, data in promote:
-            placement.move(entry, 0, data=data)
-        for entry, data in fetched:  # a copy in the local tiers: the next read stays on this host
-            placement.place(entry, data)
-        return out
-
-    def _read_remote(
-        self,
-        namespace: str,
-        keys: Sequence[bytes],
-        found: list[BlockEntry | None],
-        out: list[Read | None],
-        stop_at_miss: bool,
-    ) -> list[tuple[BlockEntry, bytes]]:
-        """Fill the misses of a read from the remote tier (off the lock), within the call's byte
-        limit; returns the blocks read, as new entries to place in the local tiers."""
-        remote = self.remote
-        if remote is None or all(r is not None for r in out):
-            return []
-        if stop_at_miss:  # the local read stopped at its first miss: read on from there
-            wanted = list(range(len(out) - 1, len(keys)))
-        else:
-            wanted = [i for i, r in enumerate(out) if r is None]
-        size = self.namespaces[namespace].block_bytes
-        copied = sum(len(r.data) for r in out if r is not None and r.data is not None)
-        wanted = wanted[: max(0, self.check.limits.max_get_bytes - copied) // size]
-        blocks = remote.fetch(namespace, [keys[i] for i in wanted])
-        fetched = []
-        for i, block in zip(wanted, blocks, strict=True):
-            if block is None and stop_at_miss:
-                break
-            if block is None:
-                continue
-            read = Read(keys[i], block.meta, remote.name, data=block.data)
-            if i < len(out):
-                out[i] = read
-            else:  # past the local stop: counted by the remote tier, not as a local hit
-                out.append(read)
-            entry = BlockEntry(namespace, keys[i], block.parent, size, "", meta=block.meta)
-            if self.placement.checksums:  # its bytes passed Redis's check: from here on, its own
-                entry.checksum = checksum(block.data)
-            fetched.append((entry, block.data))
-        return fetched
+        return reads.get(self, namespace, keys, session, stop_at_miss, hold)
 
     def read_local(self, namespace: str, key: bytes) -> tuple[bytes | None, bytes, bytes] | None:
         """A stored block's parent, meta and bytes, or None when it is not stored (the remote
         tier's writer: write-through sends what a put stored, read back here off the lock)."""
-        with self.lock:
-            entry = self.index.get(namespace, key)
-            if entry is None:
-                return None
-            entry.readers += 1
-        try:
-            data = self.placement.read(entry)
-        finally:
-            with self.lock:
-                entry.readers -= 1
-        return None if data is None else (entry.parent, entry.meta, data)
+        return reads.read_local(self, namespace, key)
 
     def release(self, entries: Iterable[BlockEntry]) -> None:
         """Give back the reader counts `read(..., hold=...)` left on blocks."""
         with self.lock:
             for entry in entries:
                 entry.readers -= 1
-
-    def _served_locked(self, entry: BlockEntry, session: Session | None, now: float) -> bool:
-        """Account a read of `entry`; True when the policy wants it promoted to the top tier."""
-        self.placement.counters[entry.tier].hits += 1
-        self.placement.touch_locked(entry, now)
-        if session is not None:
-            self.sessions.ref(entry, session)
-        return (
-            self.promote_on_get
-            and entry.tier != self.tiers[0].name
-            and entry.pins == 0  # a pinned block stays where it was pinned
-            and self.policy.promote_on_get(entry)
-        )
 
     def promote(
         self, namespace: str, keys: Sequence[bytes], session: str | None = None, pin: bool = False
