@@ -31,6 +31,12 @@ class SessionActions:
 
     def queue(self, plans: list[Plan]) -> None:
         for plan in plans:
+            if (
+                plan.kind is PlanKind.WARM
+                and not self.feed.subscribers
+                and plan.not_before <= self.placement.clock.now()
+            ):
+                continue  # it would run now and tell nobody: not worth waking the mover for
             self.plans.push(plan)
 
     def run_due(self) -> int:
@@ -111,6 +117,8 @@ class SessionActions:
     def warm(self, session: Session) -> None:
         """Publish that the session is due back (by the conditional median of its return time)."""
         placement = self.placement
+        if not self.feed.subscribers:
+            return
         with placement.lock:
             now = placement.clock.now()
             due = placement.sessions.returns.time_back(session.absence(), now, 0.5) - now
