@@ -159,6 +159,24 @@ def test_evict_by_tier_and_by_key(tmp_path: Path) -> None:
         store.evict(tier="hbm", nbytes=0)
 
 
+def test_a_move_copies_blocks_lying_end_to_end_in_both_tiers_as_one_copy(tmp_path: Path) -> None:
+    store = make_store(tmp_path, hbm=8, dram=8)
+    put(store, *range(8))  # hbm slots 0-7, in order
+    store.evict("t", [key(6)])
+    store.evict("t", [key(7)])  # dram slots 0 and 1
+    store.delete("t", [key(6)])  # a one-block hole at dram slot 0
+    copies = store.links.measured[("hbm", "dram")].moves
+    assert store.evict("t", [key(i) for i in range(6)]) == (6, 6 * BLOCK)
+    # Block 0 fills the hole; blocks 1-5 lie end to end in both tiers: two copies, not six.
+    assert store.links.measured[("hbm", "dram")].moves == copies + 2
+    assert [store.index.get("t", key(i)).location // BLOCK for i in range(6)] == [0, 2, 3, 4, 5, 6]
+    store.promote("t", [key(i) for i in range(6)])
+    assert where(store, *range(6)) == ["hbm"] * 6
+    assert [r.data for r in store.get("t", [key(i) for i in range(8) if i != 6])] == [
+        data(i) for i in range(8) if i != 6
+    ]
+
+
 def test_corrupt_disk_block_is_dropped_not_served(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     put(store, *range(12))
